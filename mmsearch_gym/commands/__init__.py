@@ -1,0 +1,1 @@
+"""Subcommands of ``mmsearch-gym``, one module each (see mmsearch_gym.cli)."""

@@ -1,0 +1,357 @@
+"""MMSearchEnv: multimodal web search as a Gymnasium environment.
+
+An action is the model's raw text for one assistant turn. The env parses it with the dialect,
+runs the tool through the search backend, and returns the task image plus the text of the
+tool result (or of the feedback on an invalid turn). The reward is 0 until the episode ends and
+then the papers' episode reward over all assistant turns (``mmsearch_gym.reward``), so the
+return of an episode is exactly the paper's reward.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, SupportsFloat
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from PIL import Image, ImageDraw
+
+from mmsearch_gym.actions import (Action, Answer, Dialect, ImageSearch, Invalid, TextSearch,
+                                  clamp_box, get_dialect)
+from mmsearch_gym.errors import ConfigError
+from mmsearch_gym.reward import RewardBreakdown, RewardSpec, score_episode
+from mmsearch_gym.search.base import Hit, ImageQuery, SearchBackend, SearchError
+from mmsearch_gym.spaces import UnicodeText
+from mmsearch_gym.tasks import Box, Task, TaskSet, image_digest
+
+if TYPE_CHECKING:
+    from mmsearch_gym.grounding import Grounder
+
+Observation = dict[str, Any]
+_IMAGE_CACHE_SIZE = 64
+
+
+@dataclass
+class _TaskView:
+    """What the env keeps per task between resets (GRPO resets the same task many times)."""
+
+    image: Image.Image
+    digest: str
+    observation: np.ndarray
+    scale: float
+    offset: tuple[int, int]
+
+
+class MMSearchEnv(gym.Env[Observation, str]):
+    """A search episode over one task: search turns, then an answer.
+
+    Args:
+        tasks: the questions; ``reset`` picks one with the env's own RNG, or by
+            ``options={"task_id": ...}`` / ``{"task_index": ...}``.
+        backend: where searches go (usually a ``SearchCache`` around a real backend).
+        dialect: grammar of actions and prompts: ``mmsearch-r1``, ``deepmmsearch-r1`` or
+            ``tool-json`` (or a Dialect instance).
+        reward: a RewardSpec or preset name; default: the preset matching the dialect.
+        grounder: resolves referring-expression crops (deepmmsearch-r1) to boxes.
+        max_turns / image_search_budget / text_search_budget: episode limits; ``None`` takes the
+            dialect's paper defaults (mmsearch-r1: 3 turns, 1 image search, 2 text searches).
+            Exceeding a budget truncates the episode.
+        top_k: results per search.
+        on_invalid: ``"feedback"`` (tell the model and go on, as Search-R1) or ``"terminate"``
+            (end the episode, as MMSearch-R1).
+        image_size: ``(height, width)`` of the letterboxed observation image (policies that want
+            full resolution read the original image from ``info["messages"]``). Each
+            observation is a fresh copy, as Gymnasium requires, so its size costs step time.
+        min_crop_side: crops smaller than this many pixels are grown around their centre.
+        max_text_length: observation text longer than this is cut (the space's bound).
+    """
+
+    metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 1}
+
+    def __init__(
+        self,
+        tasks: TaskSet,
+        backend: SearchBackend,
+        *,
+        dialect: str | Dialect = "mmsearch-r1",
+        reward: RewardSpec | str | None = None,
+        grounder: "Grounder | None" = None,
+        max_turns: int | None = None,
+        image_search_budget: int | None = None,
+        text_search_budget: int | None = None,
+        top_k: int = 5,
+        on_invalid: Literal["feedback", "terminate"] = "feedback",
+        image_size: tuple[int, int] = (224, 224),
+        min_crop_side: int = 28,
+        max_text_length: int = 32_768,
+        render_mode: str | None = None,
+    ) -> None:
+        if not isinstance(tasks, TaskSet):
+            raise ConfigError(f"tasks must be a TaskSet, got {type(tasks).__name__}")
+        if not isinstance(backend, SearchBackend):
+            raise ConfigError("backend must implement text_search(query, k) and image_search(image, k)")
+        if on_invalid not in ("feedback", "terminate"):
+            raise ConfigError(f"on_invalid must be 'feedback' or 'terminate', got {on_invalid!r}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ConfigError(f"render_mode must be one of {self.metadata['render_modes']}")
+        self.tasks = tasks
+        self.backend = backend
+        self.dialect = get_dialect(dialect)
+        if reward is None:
+            reward = RewardSpec.from_name(self.dialect.name) if self.dialect.name != "tool-json" \
+                else RewardSpec.mmsearch_r1(dialect="tool-json", name="tool-json")
+        self.reward_spec = RewardSpec.from_name(reward) if isinstance(reward, str) else reward
+        self.grounder = grounder
+        limits = self.dialect.limits
+        self.max_turns = max_turns if max_turns is not None else limits.max_turns
+        self.image_search_budget = (image_search_budget if image_search_budget is not None
+                                    else limits.image_searches)
+        self.text_search_budget = (text_search_budget if text_search_budget is not None
+                                   else limits.text_searches if limits.text_searches is not None
+                                   else self.max_turns)
+        if self.max_turns < 1 or top_k < 1 or self.image_search_budget < 0 or self.text_search_budget < 0:
+            raise ConfigError("max_turns and top_k must be >= 1 and budgets >= 0")
+        self.top_k = top_k
+        self.on_invalid = on_invalid
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.min_crop_side = min_crop_side
+        self.max_text_length = max_text_length
+        self.render_mode = render_mode
+
+        height, width = self.image_size
+        self.observation_space = spaces.Dict({
+            "image": spaces.Box(0, 255, shape=(height, width, 3), dtype=np.uint8),
+            "text": UnicodeText(max_text_length),
+        })
+        self.action_space = UnicodeText(max_text_length)
+
+        self._views: OrderedDict[str, _TaskView] = OrderedDict()
+        self._task: Task | None = None
+        self._view: _TaskView | None = None
+        self._turns: list[str] = []
+        self._messages: list[dict[str, Any]] = []
+        self._image_searches = 0
+        self._text_searches = 0
+        self._invalid = 0
+        self._boxes: list[Box] = []
+        self._done = True
+        self._last_text = ""
+
+    # ------------------------------------------------------------------ episode control --
+    @property
+    def task(self) -> Task:
+        """The current task (after ``reset``)."""
+        if self._task is None:
+            raise ConfigError("call reset() before using the env")
+        return self._task
+
+    @property
+    def turns(self) -> list[str]:
+        """The assistant turns of the current episode so far (a copy)."""
+        return list(self._turns)
+
+    def reset(self, *, seed: int | None = None,
+              options: dict[str, Any] | None = None) -> tuple[Observation, dict[str, Any]]:
+        super().reset(seed=seed)
+        options = options or {}
+        if "task_id" in options:
+            task = self.tasks.by_id(str(options["task_id"]))
+        elif "task_index" in options:
+            index = int(options["task_index"])
+            if not 0 <= index < len(self.tasks):
+                raise ConfigError(f"task_index {index} is outside 0..{len(self.tasks) - 1}")
+            task = self.tasks[index]
+        else:
+            task = self.tasks[int(self.np_random.integers(len(self.tasks)))]
+        self._task = task
+        self._view = self._task_view(task)
+        self._turns = []
+        self._image_searches = self._text_searches = self._invalid = 0
+        self._boxes = []
+        self._done = False
+        width, height = self._view.image.size
+        self._messages = [
+            {"role": "system", "content": [{"type": "text", "text": self.dialect.system_prompt()}]},
+            {"role": "user", "content": [
+                {"type": "image", "image": self._view.image},
+                {"type": "text", "text": self.dialect.user_prompt(task.question)
+                 + f"\n(The image is {width}x{height} pixels.)"},
+            ]},
+        ]
+        self._last_text = task.question
+        obs = {"image": self._view.observation.copy(), "text": self._clip(task.question)}
+        info = {
+            "task_id": task.id,
+            "category": task.category,
+            "question": task.question,
+            "original_size": (width, height),
+            "scale": self._view.scale,
+            "offset": self._view.offset,
+            "messages": list(self._messages),
+        }
+        return obs, info
+
+    def step(self, action: str) -> tuple[Observation, SupportsFloat, bool, bool, dict[str, Any]]:
+        if self._done or self._task is None:
+            raise ConfigError("the episode is over: call reset() before step()")
+        text = action if isinstance(action, str) else ""
+        parsed = self.dialect.parse(text) if isinstance(action, str) else Invalid("the action must be text")
+        self._turns.append(text)
+        self._messages.append({"role": "assistant", "content": [{"type": "text", "text": text}]})
+        hits: list[Hit] = []
+        terminated = truncated = False
+        error: str | None = None
+        box: Box | None = None
+
+        if isinstance(parsed, ImageSearch):
+            parsed, box = self._resolve_region(parsed)
+
+        if isinstance(parsed, Answer):
+            terminated = True
+            result = ""
+        elif isinstance(parsed, Invalid):
+            self._invalid += 1
+            result = self.dialect.format_feedback(parsed)
+            terminated = self.on_invalid == "terminate"
+        elif isinstance(parsed, TextSearch) and self._text_searches >= self.text_search_budget:
+            result, truncated = "The text search budget of this episode is used up.", True
+        elif isinstance(parsed, ImageSearch) and self._image_searches >= self.image_search_budget:
+            result, truncated = "The image search budget of this episode is used up.", True
+        else:
+            hits, error = self._search(parsed, box)
+            result = (self.dialect.format_error(error) if error is not None
+                      else self.dialect.format_results(parsed, hits))
+        if not (terminated or truncated) and len(self._turns) >= self.max_turns:
+            truncated = True
+
+        if result:
+            self._messages.append({"role": "user", "content": self._result_content(parsed, hits, result)})
+        self._last_text = result
+        info: dict[str, Any] = {
+            "task_id": self._task.id,
+            "category": self._task.category,
+            "action": parsed,
+            "box": box,
+            "hits": hits,
+            "search_error": error,
+            "turn": len(self._turns),
+            "image_searches": self._image_searches,
+            "text_searches": self._text_searches,
+            "invalid_turns": self._invalid,
+            "messages": list(self._messages),
+        }
+        reward = 0.0
+        if terminated or truncated:
+            self._done = True
+            breakdown = self.score()
+            reward = breakdown.reward
+            info["reward_breakdown"] = breakdown
+        return {"image": self._view.observation.copy(), "text": self._clip(result)}, reward, terminated, truncated, info  # type: ignore[union-attr]
+
+    def score(self) -> RewardBreakdown:
+        """The reward breakdown of the turns so far (what the episode earns if it ends now)."""
+        task = self.task
+        return score_episode(self._turns, task.answers, self.reward_spec, task.question)
+
+    # ------------------------------------------------------------------ internals --------
+    def _resolve_region(self, action: ImageSearch) -> tuple[Action, Box | None]:
+        region = action.region
+        if region.kind == "whole":
+            return action, None
+        image = self._view.image  # type: ignore[union-attr]
+        if region.kind == "expression":
+            if self.grounder is None:
+                return Invalid("this environment has no grounder for described crops; give a pixel box"), None
+            found = self.grounder.ground(region.expression or "", self.task)
+            if found is None:
+                return Invalid(f"nothing in the image matches {region.expression[:80]!r}"), None  # type: ignore[index]
+            raw: Sequence[float] = found
+        else:
+            raw = region.box  # type: ignore[assignment]
+        box = clamp_box(raw, image.width, image.height, self.min_crop_side)
+        if box is None:
+            return Invalid(f"the crop box does not overlap the {image.width}x{image.height} image"), None
+        return action, box
+
+    def _search(self, action: Action, box: Box | None) -> tuple[list[Hit], str | None]:
+        view = self._view
+        try:
+            if isinstance(action, TextSearch):
+                self._text_searches += 1
+                return list(self.backend.text_search(action.query, self.top_k)), None
+            self._image_searches += 1
+            if box is not None:
+                self._boxes.append(box)
+            query = ImageQuery(view.image, box=box,  # type: ignore[union-attr]
+                               url=self.task.image_url if box is None else None, digest=view.digest)  # type: ignore[union-attr]
+            return list(self.backend.image_search(query, self.top_k)), None
+        except SearchError as err:
+            return [], str(err)
+
+    def _result_content(self, action: Action, hits: Sequence[Hit], text: str) -> list[dict[str, Any]]:
+        """Chat content of a tool-result turn: the text, plus one image block per thumbnail."""
+        content: list[dict[str, Any]] = [{"type": "text", "text": text}]
+        if isinstance(action, ImageSearch):
+            for hit in hits:
+                if hit.thumbnail is not None:
+                    content.append({"type": "image", "image": hit.thumbnail_image()})
+        return content
+
+    def _clip(self, text: str) -> str:
+        return text if len(text) <= self.max_text_length else text[: self.max_text_length]
+
+    def _task_view(self, task: Task) -> _TaskView:
+        view = self._views.get(task.id)
+        if view is not None:
+            self._views.move_to_end(task.id)
+            return view
+        image = task.load_image()
+        observation, scale, offset = letterbox(image, self.image_size)
+        view = _TaskView(image, image_digest(image), observation, scale, offset)
+        self._views[task.id] = view
+        if len(self._views) > _IMAGE_CACHE_SIZE:
+            self._views.popitem(last=False)
+        return view
+
+    # ------------------------------------------------------------------ rendering --------
+    def render(self) -> str | np.ndarray | None:
+        if self.render_mode == "ansi":
+            return self.transcript()
+        if self.render_mode == "rgb_array":
+            if self._view is None:
+                return np.zeros((*self.image_size, 3), dtype=np.uint8)
+            image = self._view.image.copy()
+            draw = ImageDraw.Draw(image)
+            for box in self._boxes:
+                draw.rectangle([box[0], box[1], box[2] - 1, box[3] - 1], outline=(255, 0, 0), width=3)
+            return np.asarray(image, dtype=np.uint8)
+        return None
+
+    def transcript(self) -> str:
+        """The episode so far as plain text (question, turns, tool results)."""
+        lines = [f"[task {self._task.id}] {self._task.question}" if self._task else "[no task]"]
+        for message in self._messages[2:]:
+            texts = [c["text"] for c in message["content"] if c["type"] == "text"]
+            lines.append(f"{message['role']}: " + "\n".join(texts))
+        return "\n".join(lines)
+
+
+def letterbox(image: Image.Image, size: tuple[int, int]) -> tuple[np.ndarray, float, tuple[int, int]]:
+    """Resize ``image`` to fit ``(height, width)`` keeping its aspect, centred on black.
+
+    Returns the uint8 array, the scale (observation pixels per original pixel) and the
+    ``(x, y)`` offset of the image inside the observation.
+    """
+    height, width = size
+    scale = min(width / image.width, height / image.height)
+    new_w = max(1, min(width, round(image.width * scale)))
+    new_h = max(1, min(height, round(image.height * scale)))
+    resized = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    canvas = np.zeros((height, width, 3), dtype=np.uint8)
+    x0, y0 = (width - new_w) // 2, (height - new_h) // 2
+    canvas[y0:y0 + new_h, x0:x0 + new_w] = np.asarray(resized, dtype=np.uint8)
+    canvas.setflags(write=False)
+    return canvas, scale, (x0, y0)
