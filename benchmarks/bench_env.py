@@ -1,0 +1,96 @@
+"""Parse and env.step throughput (issue 2 targets: >= 200k turns/s parsing, >= 20k steps/s).
+
+    python benchmarks/bench_env.py [--quick]
+
+Writes JSON to stdout and to benchmarks/results/env.json. The step benchmark uses an
+in-memory backend (no disk, no network), so it measures the env itself: parsing, budgets,
+result formatting, chat bookkeeping and the observation copy Gymnasium requires.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import platform
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from mmsearch_gym.actions import DIALECTS, Answer, ImageSearch, Region, TextSearch
+from mmsearch_gym.env import MMSearchEnv
+from mmsearch_gym.search.base import Hit, MemoryBackend
+from mmsearch_gym.tasks import Task, TaskSet
+
+REASON = ("The picture shows a flag with three vertical bands of blue, white and red; I should "
+          "identify the country first, then look up the fact the question asks about.")
+
+
+def typical_turns(dialect) -> list[str]:
+    actions = [TextSearch("capital city of France"), ImageSearch(), Answer("Paris"),
+               ImageSearch(Region.from_box(120, 40, 260, 150))]
+    return [dialect.format(a, REASON) for a in actions]
+
+
+def bench_parse(seconds: float) -> dict:
+    out = {}
+    for name, dialect in DIALECTS.items():
+        turns = typical_turns(dialect)
+        n = 0
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            for _ in range(2000):
+                for t in turns:
+                    dialect.parse(t)
+            n += 2000 * len(turns)
+        elapsed = time.perf_counter() - start
+        out[name] = {"turns_per_s": round(n / elapsed), "mean_turn_chars": round(sum(map(len, turns)) / len(turns))}
+    return out
+
+
+def bench_step(seconds: float) -> dict:
+    buf = io.BytesIO()
+    Image.new("RGB", (320, 240), (20, 120, 200)).save(buf, format="PNG")
+    tasks = TaskSet([Task(f"t{i}", "What is the capital of the country whose flag is shown?", ("Paris",),
+                          image_bytes=buf.getvalue()) for i in range(8)])
+    hits = [Hit(f"Result {i}", f"https://example.org/{i}", "France. Capital: Paris. " * 3, 1.0 / (i + 1))
+            for i in range(5)]
+    backend = MemoryBackend(default_text_hits=hits, default_image_hits=hits)
+    env = MMSearchEnv(tasks, backend)
+    dialect = env.dialect
+    episode = [dialect.format(ImageSearch(), REASON), dialect.format(TextSearch("France capital"), REASON),
+               dialect.format(Answer("Paris"), REASON)]
+    steps = resets = 0
+    env.reset(seed=0)
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(200):
+            env.reset()
+            resets += 1
+            for text in episode:
+                env.step(text)
+                steps += 1
+        backend.calls.clear()
+    elapsed = time.perf_counter() - start
+    return {"steps_per_s": round(steps / elapsed), "episodes_per_s": round(resets / elapsed),
+            "note": "3-turn episodes (image search, text search, answer), reset included, in-memory backend, 224x224 obs"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="0.3 s per measurement instead of 2 s")
+    args = parser.parse_args()
+    seconds = 0.3 if args.quick else 2.0
+    result = {"benchmark": "env", "python": platform.python_version(), "machine": platform.machine(),
+              "parse": bench_parse(seconds), "step": bench_step(seconds),
+              "targets": {"parse_turns_per_s": 200_000, "steps_per_s": 20_000}}
+    text = json.dumps(result, indent=2)
+    print(text)
+    out = Path(__file__).resolve().parent / "results" / "env.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
