@@ -113,7 +113,9 @@ class SearchBackend(Protocol):
     """Anything that answers text and image searches with Hits.
 
     ``name`` and ``version`` identify the backend in cache keys and cassettes: bump
-    ``version`` whenever results for the same query could change.
+    ``version`` whenever results for the same query could change. A backend may also define
+    ``cache_params() -> dict`` returning every other setting that changes results (engine,
+    locale, ...); the cache puts it into its keys. It must never contain a secret.
     """
 
     name: str
