@@ -27,6 +27,10 @@ MAX_QUERY_CHARS = 2048
 MAX_EXPRESSION_CHARS = 512
 _MAX_BOX_CHARS = 200
 UNABLE_TO_ANSWER = "Unable to answer due to lack of relevant information"
+THUMBNAIL_MARKER = "[image]"
+"""Stands for a result thumbnail in tool-result text. Chat messages put the thumbnail's image
+block exactly there; it is deliberately no VLM's image token, so placeholders and images never
+disagree in number."""
 
 # --------------------------------------------------------------------------------------------
 # Regions and actions
@@ -294,7 +298,8 @@ class Dialect(ABC):
             lines = []
             for i, hit in enumerate(hits, 1):
                 if isinstance(action, ImageSearch):
-                    lines.append(f"{i}. <image> {hit.title}\n{hit.snippet}".rstrip())
+                    marker = f"{THUMBNAIL_MARKER} " if hit.thumbnail is not None else ""
+                    lines.append(f"{i}. {marker}{hit.title}\n{hit.snippet}".rstrip())
                 else:
                     lines.append(f"{i}. {hit.title} ({hit.url})\n{hit.snippet}".rstrip())
             body = "\n".join(lines)

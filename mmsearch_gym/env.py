@@ -19,8 +19,8 @@ import numpy as np
 from gymnasium import spaces
 from PIL import Image, ImageDraw
 
-from mmsearch_gym.actions import (Action, Answer, Dialect, ImageSearch, Invalid, TextSearch,
-                                  clamp_box, get_dialect)
+from mmsearch_gym.actions import (THUMBNAIL_MARKER, Action, Answer, Dialect, ImageSearch, Invalid,
+                                  TextSearch, clamp_box, get_dialect)
 from mmsearch_gym.errors import ConfigError
 from mmsearch_gym.reward import RewardBreakdown, RewardSpec, score_episode
 from mmsearch_gym.search.base import Hit, ImageQuery, SearchBackend, SearchError
@@ -292,12 +292,23 @@ class MMSearchEnv(gym.Env[Observation, str]):
             return [], str(err)
 
     def _result_content(self, action: Action, hits: Sequence[Hit], text: str) -> list[dict[str, Any]]:
-        """Chat content of a tool-result turn: the text, plus one image block per thumbnail."""
-        content: list[dict[str, Any]] = [{"type": "text", "text": text}]
-        if isinstance(action, ImageSearch):
-            for hit in hits:
-                if hit.thumbnail is not None:
-                    content.append({"type": "image", "image": hit.thumbnail_image()})
+        """Chat content of a tool-result turn: text with each thumbnail's image block at its marker.
+
+        The dialect writes one THUMBNAIL_MARKER per hit that has a thumbnail, so splitting the
+        text at the markers pairs every image with its numbered result, in order.
+        """
+        thumbnails = [hit for hit in hits if hit.thumbnail is not None] if isinstance(action, ImageSearch) else []
+        pieces = text.split(THUMBNAIL_MARKER) if thumbnails else [text]
+        if len(pieces) != len(thumbnails) + 1:  # a snippet quoting the marker: keep text whole
+            pieces = [text]
+        content: list[dict[str, Any]] = []
+        for i, piece in enumerate(pieces):
+            if i:
+                content.append({"type": "image", "image": thumbnails[i - 1].thumbnail_image()})
+            if piece:
+                content.append({"type": "text", "text": piece})
+        if len(pieces) == 1:
+            content += [{"type": "image", "image": hit.thumbnail_image()} for hit in thumbnails]
         return content
 
     def _clip(self, text: str) -> str:

@@ -42,6 +42,10 @@ def test_full_episode_and_reward(tiny_tasks, memory_backend) -> None:
     assert roles == ["system", "user", "assistant", "user", "assistant", "user", "assistant"]
     images = [c for m in info["messages"] for c in m["content"] if c["type"] == "image"]
     assert len(images) == 2  # the task image and one result thumbnail
+    result = info["messages"][3]["content"]  # the image-search result turn
+    assert [c["type"] for c in result] == ["text", "image", "text"]
+    assert result[0]["text"].endswith("1. ") and result[2]["text"].startswith(" Flag of France")
+    assert "[image]" not in "".join(c.get("text", "") for c in result)
     with pytest.raises(ConfigError, match="reset"):
         env.step("<answer>x</answer>")
 
