@@ -9,9 +9,10 @@ return of an episode is exactly the paper's reward.
 
 from __future__ import annotations
 
+import io
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal, SupportsFloat
 
 import gymnasium as gym
@@ -287,7 +288,7 @@ class MMSearchEnv(gym.Env[Observation, str]):
                 self._boxes.append(box)
             query = ImageQuery(view.image, box=box,  # type: ignore[union-attr]
                                url=self.task.image_url if box is None else None, digest=view.digest)  # type: ignore[union-attr]
-            return list(self.backend.image_search(query, self.top_k)), None
+            return [_checked_thumbnail(hit) for hit in self.backend.image_search(query, self.top_k)], None
         except SearchError as err:
             return [], str(err)
 
@@ -297,18 +298,19 @@ class MMSearchEnv(gym.Env[Observation, str]):
         The dialect writes one THUMBNAIL_MARKER per hit that has a thumbnail, so splitting the
         text at the markers pairs every image with its numbered result, in order.
         """
-        thumbnails = [hit for hit in hits if hit.thumbnail is not None] if isinstance(action, ImageSearch) else []
+        thumbnails = [hit.thumbnail_image() for hit in hits if hit.thumbnail is not None] \
+            if isinstance(action, ImageSearch) else []
         pieces = text.split(THUMBNAIL_MARKER) if thumbnails else [text]
         if len(pieces) != len(thumbnails) + 1:  # a snippet quoting the marker: keep text whole
             pieces = [text]
         content: list[dict[str, Any]] = []
         for i, piece in enumerate(pieces):
             if i:
-                content.append({"type": "image", "image": thumbnails[i - 1].thumbnail_image()})
+                content.append({"type": "image", "image": thumbnails[i - 1]})
             if piece:
                 content.append({"type": "text", "text": piece})
         if len(pieces) == 1:
-            content += [{"type": "image", "image": hit.thumbnail_image()} for hit in thumbnails]
+            content += [{"type": "image", "image": image} for image in thumbnails]
         return content
 
     def _clip(self, text: str) -> str:
@@ -348,6 +350,18 @@ class MMSearchEnv(gym.Env[Observation, str]):
             texts = [c["text"] for c in message["content"] if c["type"] == "text"]
             lines.append(f"{message['role']}: " + "\n".join(texts))
         return "\n".join(lines)
+
+
+def _checked_thumbnail(hit: Hit) -> Hit:
+    """The hit, without its thumbnail if the bytes are not an image a model could be shown."""
+    if hit.thumbnail is None:
+        return hit
+    try:
+        with Image.open(io.BytesIO(hit.thumbnail)) as image:
+            image.verify()
+        return hit
+    except Exception:  # any undecodable payload: the result stays, its picture goes
+        return replace(hit, thumbnail=None)
 
 
 def letterbox(image: Image.Image, size: tuple[int, int]) -> tuple[np.ndarray, float, tuple[int, int]]:

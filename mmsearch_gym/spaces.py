@@ -9,6 +9,7 @@ Gymnasium's vector utilities (``batch_space``, ``iterate``, ``concatenate``) han
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -60,3 +61,63 @@ class UnicodeText(spaces.Text):
     def __eq__(self, other: Any) -> bool:
         return (isinstance(other, UnicodeText) and self.min_length == other.min_length
                 and self.max_length == other.max_length)
+
+
+# ---- AsyncVectorEnv shared memory -------------------------------------------------------------
+# Gymnasium's shared-memory functions for Text map characters through the space's charset, which
+# would silently turn real text into garbage. UnicodeText stores each string as its length
+# followed by its code points (UTF-32), so any unicode round-trips exactly.
+
+from gymnasium.vector.utils.shared_memory import (  # noqa: E402
+    create_shared_memory, read_from_shared_memory, write_to_shared_memory)
+
+
+@create_shared_memory.register(UnicodeText)
+def _create_unicode_shared_memory(space: UnicodeText, n: int = 1, ctx: Any = None) -> Any:
+    import multiprocessing
+
+    return (ctx or multiprocessing).Array(np.dtype(np.int32).char, n * (space.max_length + 1))
+
+
+class SharedTextView(Sequence):
+    """The batch of texts in shared memory, decoded on access.
+
+    ``AsyncVectorEnv`` reads its shared memory once and then relies on the result being a live
+    view (as numpy arrays are); a tuple of strings would be a stale snapshot. ``deepcopy`` (what
+    the vector env does with ``copy=True``) returns a plain tuple.
+    """
+
+    def __init__(self, data: np.ndarray) -> None:
+        self._data = data
+
+    def __len__(self) -> int:
+        return self._data.shape[0]
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return tuple(self[i] for i in range(*index.indices(len(self))))
+        row = self._data[index]
+        return row[1:1 + int(row[0])].tobytes().decode("utf-32-le", "surrogatepass")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and tuple(self) == tuple(other)
+
+    def __deepcopy__(self, memo: dict) -> tuple[str, ...]:
+        return tuple(self)
+
+    def __repr__(self) -> str:
+        return f"SharedTextView({tuple(self)!r})"
+
+
+@read_from_shared_memory.register(UnicodeText)
+def _read_unicode_from_shared_memory(space: UnicodeText, shared_memory: Any, n: int = 1) -> SharedTextView:
+    return SharedTextView(np.frombuffer(shared_memory.get_obj(), dtype=np.int32).reshape((n, space.max_length + 1)))
+
+
+@write_to_shared_memory.register(UnicodeText)
+def _write_unicode_to_shared_memory(space: UnicodeText, index: int, values: str, shared_memory: Any) -> None:
+    size = space.max_length + 1
+    codes = np.frombuffer(values.encode("utf-32-le", "surrogatepass"), dtype=np.int32)
+    destination = np.frombuffer(shared_memory.get_obj(), dtype=np.int32)
+    destination[index * size] = len(codes)
+    destination[index * size + 1:index * size + 1 + len(codes)] = codes

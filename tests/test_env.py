@@ -199,3 +199,27 @@ def test_ansi_render_is_a_transcript(tiny_tasks, memory_backend) -> None:
     env.reset(options={"task_id": "t1"})
     env.step(R1.format(TextSearch("france capital")))
     assert "Capital: Paris" in env.render()
+
+
+def test_undecodable_thumbnails_are_dropped_not_fatal(tiny_tasks) -> None:
+    from mmsearch_gym.search.base import Hit, MemoryBackend
+    bad = Hit("Broken", "https://example.org/broken", "snippet", 1.0, thumbnail=b"not an image")
+    env = MMSearchEnv(tiny_tasks, MemoryBackend(default_image_hits=[bad]))
+    env.reset(seed=0)
+    obs, _, _, _, info = env.step(R1.format(ImageSearch()))
+    assert info["hits"][0].thumbnail is None and "Broken" in obs["text"] and "[image]" not in obs["text"]
+
+
+def test_async_vector_env_keeps_unicode_text_in_shared_memory(tiny_tasks, memory_backend) -> None:
+    import functools
+
+    import gymnasium as gym
+    envs = gym.vector.AsyncVectorEnv([functools.partial(MMSearchEnv, tiny_tasks, memory_backend)] * 2,
+                                     shared_memory=True, context="spawn")
+    try:
+        obs, _ = envs.reset(seed=[0, 1], options={"task_id": "t1"})
+        assert list(obs["text"]) == [tiny_tasks.by_id("t1").question] * 2
+        obs, *_ = envs.step(["<reason>é中🙂</reason><text_search>France capital</text_search>", "été 中文"])
+        assert "Capital: Paris" in obs["text"][0] and "invalid" in obs["text"][1]
+    finally:
+        envs.close()
