@@ -323,9 +323,20 @@ class Dialect(ABC):
         """The predicted answer of an episode: the last answer of the last turn."""
         return last_answer(turns[-1]) if turns else None
 
-    @abstractmethod
     def count_searches(self, turns: Sequence[str]) -> SearchCounts:
-        """How many searches the episode made, as the papers' scorers count them."""
+        """How many searches the episode made, as the papers' scorers count them.
+
+        Default: every turn but the last (a single turn counts itself, as MMSearch-R1 does)
+        that parses to a search.
+        """
+        image = text = 0
+        for turn in turns[:-1] if len(turns) > 1 else turns:
+            action = self.parse(turn)
+            if isinstance(action, ImageSearch):
+                image += 1
+            elif isinstance(action, TextSearch):
+                text += 1
+        return SearchCounts(image, text)
 
     @abstractmethod
     def format_valid(self, turns: Sequence[str]) -> bool:
@@ -575,16 +586,6 @@ class DeepMMSearchR1(Dialect):
             "in all. Search only when you lack the knowledge."
         )
 
-    def count_searches(self, turns: Sequence[str]) -> SearchCounts:
-        image = text = 0
-        for turn in turns[:-1] if len(turns) > 1 else turns:
-            action = self.parse(turn)
-            if isinstance(action, ImageSearch):
-                image += 1
-            elif isinstance(action, TextSearch):
-                text += 1
-        return SearchCounts(image, text)
-
     def format_valid(self, turns: Sequence[str]) -> bool:
         if not turns or len(turns) - 1 > self.max_tool_calls:
             return False
@@ -714,16 +715,6 @@ class ToolJSON(Dialect):
 
     def format_results(self, action: Action, hits: Sequence[Any]) -> str:
         return "<tool_response>\n" + super().format_results(action, hits) + "\n</tool_response>"
-
-    def count_searches(self, turns: Sequence[str]) -> SearchCounts:
-        image = text = 0
-        for turn in turns[:-1] if len(turns) > 1 else turns:
-            action = self.parse(turn)
-            if isinstance(action, ImageSearch):
-                image += 1
-            elif isinstance(action, TextSearch):
-                text += 1
-        return SearchCounts(image, text)
 
     def format_valid(self, turns: Sequence[str]) -> bool:
         if not turns or len(turns) > self.limits.max_turns:

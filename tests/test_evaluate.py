@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,49 +14,11 @@ from mmsearch_gym.evaluate import EpisodeResult, EvalReport, Metrics, evaluate, 
 from mmsearch_gym.policies import EpisodeView, make_policy
 from mmsearch_gym.registration import make_env
 from mmsearch_gym.reward import RewardBreakdown
-from mmsearch_gym.search.base import Hit, MemoryBackend
+from mmsearch_gym.search.base import MemoryBackend
 from mmsearch_gym.search.cache import CacheMiss
-from mmsearch_gym.tasks import SceneObject, Task, TaskSet
+from mmsearch_gym.tasks import TaskSet
 
-
-class CapitalReader:
-    """Reads the tiny fixture world: flag hits -> country -> capital."""
-
-    def identify(self, hits: Sequence[Hit]) -> str | None:
-        for hit in hits:
-            if hit.title.startswith("Flag of "):
-                return hit.title[len("Flag of "):]
-        return None
-
-    def build_query(self, question: str, hits: Sequence[Hit]) -> str:
-        entity = self.identify(hits)
-        return f"{entity} capital" if entity else question
-
-    def answer(self, question: str, hits: Sequence[Hit]) -> str | None:
-        for hit in hits:
-            found = re.search(r"Capital: ([A-Z][a-z]+)", hit.snippet)
-            if found and "capital" in question.lower():
-                return found.group(1)
-        return self.identify(hits) if "country" in question.lower() else None
-
-    def answer_from_scene(self, question: str, objects: Sequence[SceneObject], *args: object,
-                          **kwargs: object) -> str | None:
-        return str(len(objects)) if question.lower().startswith("how many") else None
-
-
-PLANS = {
-    "t0": [{"tool": "image_search", "box": [200, 20, 300, 90]}, {"tool": "answer"}],
-    "t1": [{"tool": "image_search", "box": None}, {"tool": "text_search", "query": "France capital"},
-           {"tool": "answer"}],
-    "t2": [{"tool": "answer"}],
-}
-
-
-def planned(tasks: TaskSet, copies: int = 1) -> TaskSet:
-    """The fixture tasks with oracle plans, repeated ``copies`` times under fresh ids."""
-    return TaskSet([Task(f"{t.id}-{c}", t.question, t.answers, category=t.category, objects=t.objects,
-                         image_bytes=t.image_bytes, meta={"oracle_plan": PLANS[t.id]})
-                    for c in range(copies) for t in tasks], name="planned")
+from fixture_world import CapitalReader, planned
 
 
 def factory(tasks: TaskSet, backend: MemoryBackend, cache_dir: Path | None = None, **kwargs: object):

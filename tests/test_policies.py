@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
-from collections.abc import Sequence
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -33,35 +31,11 @@ from mmsearch_gym.policies import (
     Step,
     make_policy,
 )
-from mmsearch_gym.search.base import Hit
-from mmsearch_gym.tasks import SceneObject, Task, TaskSet
+from mmsearch_gym.tasks import Task, TaskSet
+
+from fixture_world import CapitalReader, planned
 
 DIALECTS = ("mmsearch-r1", "deepmmsearch-r1", "tool-json")
-
-
-class CapitalReader:
-    """A small evidence reader for the tiny fixture world: flags -> country -> capital."""
-
-    def identify(self, hits: Sequence[Hit]) -> str | None:
-        for hit in hits:
-            if hit.title.startswith("Flag of "):
-                return hit.title[len("Flag of "):]
-        return None
-
-    def build_query(self, question: str, hits: Sequence[Hit]) -> str:
-        entity = self.identify(hits)
-        return f"{entity} capital" if entity else question
-
-    def answer(self, question: str, hits: Sequence[Hit]) -> str | None:
-        for hit in hits:
-            found = re.search(r"Capital: ([A-Z][a-z]+)", hit.snippet)
-            if found and "capital" in question.lower():
-                return found.group(1)
-        return self.identify(hits) if "country" in question.lower() else None
-
-    def answer_from_scene(self, question: str, objects: Sequence[SceneObject],
-                          image_size: tuple[int, int] | None = None) -> str | None:
-        return str(len(objects)) if question.lower().startswith("how many") else None
 
 
 def play(env: MMSearchEnv, policy: Policy, index: int, seed: int = 0) -> tuple[EpisodeView, float, dict]:
@@ -73,19 +47,6 @@ def play(env: MMSearchEnv, policy: Policy, index: int, seed: int = 0) -> tuple[E
         view.record(text, obs, info)
         if terminated or truncated:
             return view, float(reward), info
-
-
-def with_plans(tasks: TaskSet) -> TaskSet:
-    """The fixture tasks plus oracle plans, as the built-in world annotates them."""
-    plans = {
-        "t0": [{"tool": "image_search", "box": [200, 20, 300, 90]}, {"tool": "answer"}],
-        "t1": [{"tool": "image_search", "box": None}, {"tool": "text_search", "query": "France capital"},
-               {"tool": "answer"}],
-        "t2": [{"tool": "answer"}],
-    }
-    return TaskSet([Task(t.id, t.question, t.answers, category=t.category, objects=t.objects,
-                         image_bytes=t.image_bytes, meta={"oracle_plan": plans[t.id]}) for t in tasks],
-                   name="planned")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,7 +150,7 @@ def test_rag_answers_unable_when_the_reader_finds_nothing(tiny_tasks, memory_bac
 
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_oracle_follows_the_plan(dialect, tiny_tasks, memory_backend) -> None:
-    tasks = with_plans(tiny_tasks)
+    tasks = planned(tiny_tasks)
     env = MMSearchEnv(tasks, memory_backend, dialect=dialect, grounder=AnnotationGrounder())
     policy = OraclePolicy(tasks, reader=CapitalReader())
     view, reward, info = play(env, policy, 0)  # crop to the annotated flag, then answer
@@ -211,7 +172,7 @@ def test_oracle_follows_the_plan(dialect, tiny_tasks, memory_backend) -> None:
 
 
 def test_oracle_falls_back_to_a_pixel_box_without_a_grounder(tiny_tasks, memory_backend) -> None:
-    tasks = with_plans(tiny_tasks)
+    tasks = planned(tiny_tasks)
     env = MMSearchEnv(tasks, memory_backend, dialect="deepmmsearch-r1")  # no grounder
     view, _, _ = play(env, OraclePolicy(tasks, reader=CapitalReader()), 0)
     assert isinstance(view.steps[0].action, Invalid)
@@ -224,7 +185,7 @@ def test_oracle_never_answers_with_the_gold(tiny_tasks, memory_backend) -> None:
         def answer(self, question, hits):
             return None
 
-    tasks = with_plans(tiny_tasks)
+    tasks = planned(tiny_tasks)
     env = MMSearchEnv(tasks, memory_backend)
     for i in (0, 1):
         view, reward, _ = play(env, OraclePolicy(tasks, reader=Blind()), i)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,42 +17,15 @@ from mmsearch_gym.evaluate import evaluate
 from mmsearch_gym.policies import make_policy
 from mmsearch_gym.registration import make_env
 from mmsearch_gym.reward import RewardBreakdown, RewardSpec, score_episode
-from mmsearch_gym.search.base import Hit, MemoryBackend
+from mmsearch_gym.search.base import MemoryBackend
 from mmsearch_gym.search.cache import SearchCache
-from mmsearch_gym.tasks import SceneObject, Task, TaskSet
+from mmsearch_gym.tasks import TaskSet
 from mmsearch_gym.trajectories import (SCHEMA_VERSION, HitRecord, ImageRecord, Trajectory, TrajectoryWriter, Turn,
                                        read_trajectories, replay, rescore)
 
+from fixture_world import CapitalReader, planned
+
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "docs" / "trajectory-schema.json"
-
-
-class CapitalReader:
-    def identify(self, hits: Sequence[Hit]) -> str | None:
-        return next((h.title[8:] for h in hits if h.title.startswith("Flag of ")), None)
-
-    def build_query(self, question: str, hits: Sequence[Hit]) -> str:
-        entity = self.identify(hits)
-        return f"{entity} capital" if entity else question
-
-    def answer(self, question: str, hits: Sequence[Hit]) -> str | None:
-        for hit in hits:
-            found = re.search(r"Capital: ([A-Z][a-z]+)", hit.snippet)
-            if found and "capital" in question.lower():
-                return found.group(1)
-        return self.identify(hits) if "country" in question.lower() else None
-
-    def answer_from_scene(self, question: str, objects: Sequence[SceneObject], *args: object,
-                          **kwargs: object) -> str | None:
-        return str(len(objects)) if question.lower().startswith("how many") else None
-
-
-def planned(tasks: TaskSet) -> TaskSet:
-    plans = {"t0": [{"tool": "image_search", "box": [200, 20, 300, 90]}, {"tool": "answer"}],
-             "t1": [{"tool": "image_search", "box": None}, {"tool": "text_search", "query": "France capital"},
-                    {"tool": "answer"}],
-             "t2": [{"tool": "answer"}]}
-    return TaskSet([Task(t.id, t.question, t.answers, category=t.category, objects=t.objects,
-                         image_bytes=t.image_bytes, meta={"oracle_plan": plans[t.id]}) for t in tasks], name="planned")
 
 
 @pytest.fixture

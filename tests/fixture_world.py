@@ -1,0 +1,48 @@
+"""A miniature world for policy, evaluation and trajectory tests: the tiny fixture tasks
+(tests/conftest.py) with oracle plans, and an evidence reader that understands them."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from mmsearch_gym.search.base import Hit
+from mmsearch_gym.tasks import SceneObject, Task, TaskSet
+
+PLANS = {
+    "t0": [{"tool": "image_search", "box": [200, 20, 300, 90]}, {"tool": "answer"}],
+    "t1": [{"tool": "image_search", "box": None}, {"tool": "text_search", "query": "France capital"},
+           {"tool": "answer"}],
+    "t2": [{"tool": "answer"}],
+}
+
+
+class CapitalReader:
+    """Reads the tiny fixture world: flag hits -> country -> capital."""
+
+    def identify(self, hits: Sequence[Hit]) -> str | None:
+        return next((h.title[len("Flag of "):] for h in hits if h.title.startswith("Flag of ")), None)
+
+    def build_query(self, question: str, hits: Sequence[Hit]) -> str:
+        entity = self.identify(hits)
+        return f"{entity} capital" if entity else question
+
+    def answer(self, question: str, hits: Sequence[Hit]) -> str | None:
+        for hit in hits:
+            found = re.search(r"Capital: ([A-Z][a-z]+)", hit.snippet)
+            if found and "capital" in question.lower():
+                return found.group(1)
+        return self.identify(hits) if "country" in question.lower() else None
+
+    def answer_from_scene(self, question: str, objects: Sequence[SceneObject], *args: object,
+                          **kwargs: object) -> str | None:
+        return str(len(objects)) if question.lower().startswith("how many") else None
+
+
+def planned(tasks: TaskSet, copies: int = 1) -> TaskSet:
+    """The fixture tasks with oracle plans; ``copies > 1`` repeats them under fresh ids."""
+    def task_id(task: Task, copy: int) -> str:
+        return task.id if copies == 1 else f"{task.id}-{copy}"
+    return TaskSet([Task(task_id(t, c), t.question, t.answers, category=t.category, objects=t.objects,
+                         image_bytes=t.image_bytes, meta={"oracle_plan": PLANS[t.id]})
+                    for c in range(copies) for t in tasks], name="planned")
