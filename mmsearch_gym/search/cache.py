@@ -38,7 +38,7 @@ import struct
 import time
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from json.encoder import encode_basestring as _encode_str  # JSON string literal, ensure_ascii=False
 from pathlib import Path
@@ -529,25 +529,26 @@ class SearchCache:
     # -- SearchBackend ------------------------------------------------------------------------
 
     def text_search(self, query: str, k: int) -> list[Hit]:
-        key = self.key_for_text(query, k)
-        if self.mode != "record":
-            data = self._store.get(key, retry=True)
-            if data is not None:
-                self._hits += 1
-                return _decode_hits(data)
-        self._misses += 1
-        if self.mode == "replay":
-            if self._fallback is not None:
-                return list(self._fallback.text_search(query, k))
-            raise self._miss(key, f"text search {query!r} (k={k})")
-        hits = self._checked(self._backend.text_search(query, k))  # type: ignore[union-attr]
-        entry = CacheEntry(kind="text", k=int(k), backend=self.name, backend_version=self.version,
-                           hits=tuple(hits), query=normalize_query(query), params=self.params)
-        self._store.set(key, entry.encode(), retry=True)
-        return hits
+        return self._serve(
+            self.key_for_text(query, k), k,
+            ask=lambda backend: backend.text_search(query, k),
+            describe=lambda: f"text search {query!r} (k={k})",
+            entry=lambda hits: CacheEntry(kind="text", k=int(k), backend=self.name, backend_version=self.version,
+                                          hits=tuple(hits), query=normalize_query(query), params=self.params))
 
     def image_search(self, image: ImageQuery, k: int) -> list[Hit]:
-        key = self.key_for_image(image, k)
+        box = None if image.box is None else tuple(int(v) for v in image.box)
+        return self._serve(
+            self.key_for_image(image, k), k,
+            ask=lambda backend: backend.image_search(image, k),
+            describe=lambda: f"image search of image {image.digest[:16]}... box={image.box} (k={k})",
+            entry=lambda hits: CacheEntry(kind="image", k=int(k), backend=self.name, backend_version=self.version,
+                                          hits=tuple(hits), digest=image.digest, box=box,  # type: ignore[arg-type]
+                                          params=self.params))
+
+    def _serve(self, key: str, k: int, *, ask: Callable[[SearchBackend], Iterable[Hit]],
+               describe: Callable[[], str], entry: Callable[[list[Hit]], CacheEntry]) -> list[Hit]:
+        """One search through the cache: the mode decides between the store, the fallback and the backend."""
         if self.mode != "record":
             data = self._store.get(key, retry=True)
             if data is not None:
@@ -556,14 +557,10 @@ class SearchCache:
         self._misses += 1
         if self.mode == "replay":
             if self._fallback is not None:
-                return list(self._fallback.image_search(image, k))
-            raise self._miss(key, f"image search of image {image.digest[:16]}... box={image.box} (k={k})")
-        hits = self._checked(self._backend.image_search(image, k))  # type: ignore[union-attr]
-        box = None if image.box is None else tuple(int(v) for v in image.box)
-        entry = CacheEntry(kind="image", k=int(k), backend=self.name, backend_version=self.version,
-                           hits=tuple(hits), digest=image.digest, box=box,  # type: ignore[arg-type]
-                           params=self.params)
-        self._store.set(key, entry.encode(), retry=True)
+                return list(ask(self._fallback))
+            raise self._miss(key, describe())
+        hits = self._checked(ask(self._backend))  # type: ignore[arg-type]
+        self._store.set(key, entry(hits).encode(), retry=True)
         return hits
 
     def _checked(self, hits: Iterable[Hit]) -> list[Hit]:
