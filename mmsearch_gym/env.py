@@ -138,6 +138,7 @@ class MMSearchEnv(gym.Env[Observation, str]):
         self._text_searches = 0
         self._invalid = 0
         self._boxes: list[Box] = []
+        self._thumbnails: list[Image.Image] = []
         self._done = True
         self._last_text = ""
 
@@ -288,9 +289,23 @@ class MMSearchEnv(gym.Env[Observation, str]):
                 self._boxes.append(box)
             query = ImageQuery(view.image, box=box,  # type: ignore[union-attr]
                                url=self.task.image_url if box is None else None, digest=view.digest)  # type: ignore[union-attr]
-            return [_checked_thumbnail(hit) for hit in self.backend.image_search(query, self.top_k)], None
+            return self._with_thumbnails(self.backend.image_search(query, self.top_k)), None
         except SearchError as err:
             return [], str(err)
+
+    def _with_thumbnails(self, hits: Sequence[Hit]) -> list[Hit]:
+        """The hits, each thumbnail opened once (lazily: PIL decodes pixels only when a model
+        reads them) for the chat messages; undecodable thumbnail bytes are dropped, the hit kept."""
+        checked: list[Hit] = []
+        self._thumbnails = []
+        for hit in hits:
+            if hit.thumbnail is not None:
+                try:
+                    self._thumbnails.append(Image.open(io.BytesIO(hit.thumbnail)))
+                except Exception:  # any payload PIL cannot identify: the result stays, its picture goes
+                    hit = replace(hit, thumbnail=None)
+            checked.append(hit)
+        return checked
 
     def _result_content(self, action: Action, hits: Sequence[Hit], text: str) -> list[dict[str, Any]]:
         """Chat content of a tool-result turn: text with each thumbnail's image block at its marker.
@@ -298,8 +313,7 @@ class MMSearchEnv(gym.Env[Observation, str]):
         The dialect writes one THUMBNAIL_MARKER per hit that has a thumbnail, so splitting the
         text at the markers pairs every image with its numbered result, in order.
         """
-        thumbnails = [hit.thumbnail_image() for hit in hits if hit.thumbnail is not None] \
-            if isinstance(action, ImageSearch) else []
+        thumbnails = self._thumbnails if isinstance(action, ImageSearch) and hits else []
         pieces = text.split(THUMBNAIL_MARKER) if thumbnails else [text]
         if len(pieces) != len(thumbnails) + 1:  # a snippet quoting the marker: keep text whole
             pieces = [text]
@@ -350,18 +364,6 @@ class MMSearchEnv(gym.Env[Observation, str]):
             texts = [c["text"] for c in message["content"] if c["type"] == "text"]
             lines.append(f"{message['role']}: " + "\n".join(texts))
         return "\n".join(lines)
-
-
-def _checked_thumbnail(hit: Hit) -> Hit:
-    """The hit, without its thumbnail if the bytes are not an image a model could be shown."""
-    if hit.thumbnail is None:
-        return hit
-    try:
-        with Image.open(io.BytesIO(hit.thumbnail)) as image:
-            image.verify()
-        return hit
-    except Exception:  # any undecodable payload: the result stays, its picture goes
-        return replace(hit, thumbnail=None)
 
 
 def letterbox(image: Image.Image, size: tuple[int, int]) -> tuple[np.ndarray, float, tuple[int, int]]:
