@@ -3,7 +3,8 @@
 A recipe is a JSON file (a path, or the name of one shipped in ``policies/``) whose
 ``"trainer"`` field picks the integration: ``sft``, ``grpo`` or ``sft+grpo`` go to the TRL
 adapter, ``ppo`` or ``dqn`` to the Stable-Baselines3 wrapper. Each integration exposes
-``train_recipe(recipe, output_dir=..., overrides=...) -> dict`` and is imported only here, so
+``train_recipe(recipe, output_dir=...) -> dict`` (``--set`` overrides are merged into the recipe
+first) and is imported only here, so
 the CLI stays light for users who have neither installed.
 """
 
@@ -23,7 +24,7 @@ _INTEGRATIONS = {"sft": "trl", "grpo": "trl", "sft+grpo": "trl", "ppo": "sb3", "
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("recipe", help="recipe name (e.g. grpo-tiny-cpu) or path to a recipe JSON file")
+    parser.add_argument("recipe", nargs="?", help="recipe name (e.g. ppo-world) or path to a recipe JSON file")
     parser.add_argument("-o", "--output-dir", type=Path, default=None,
                         help="where checkpoints, logs and the summary go (default: runs/RECIPE)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -82,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
             recipe = json.loads(path.read_text(encoding="utf-8"))
             print(f"{path.stem:32s} {recipe.get('trainer', '?'):9s} {recipe.get('description', '')}")
         return 0
+    if args.recipe is None:
+        raise ConfigError("name a recipe (mmsearch-gym train --list shows the shipped ones)")
     recipe = merge(load_recipe(args.recipe), parse_overrides(args.set))
     output_dir = args.output_dir or Path("runs") / recipe["name"]
     integration = _INTEGRATIONS[recipe["trainer"]]

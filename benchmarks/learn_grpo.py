@@ -1,0 +1,289 @@
+"""Proof that the TRL adapter learns: a tiny random model, an SFT cold start, then GRPO.
+
+    python benchmarks/learn_grpo.py            # about 12 minutes on 2 CPU cores
+    python benchmarks/learn_grpo.py --quick    # a smoke run (a minute or two)
+
+A randomly initialised Qwen2 (hidden size 64, 2 layers; tokenizer trained here) plays the
+built-in world through MMSearchEnv in the MMSearch-R1 dialect:
+
+1. evaluated as is (a random model never emits a valid action);
+2. SFT cold start on oracle episodes of the world's train split (50:50 search-free /
+   search-required, tool results masked from the loss), then evaluated again;
+3. GRPO through the ``rollout_func`` route (8 rollouts per task, the env's reward), then
+   evaluated a third time.
+
+Evaluation plays held-out tasks greedily and reports the env's numbers (accuracy, format rate,
+search ratio, mean reward), computed by the env's reward, the one GRPO optimises, on two sets:
+``test``, the world's test split (entities never seen in training), and ``train_heldout``,
+fresh tasks of the training distribution (other scenes and questions over the training
+entities). Scripted baselines (direct, rag, oracle) on the same tasks give the scale.
+
+What a tiny text-only model can learn, and how the setup is chosen for it: it sees neither the
+image nor any facts, so the task mix is the two categories that need only the tags, the
+decision to search and reading the results: ``image_search`` (search the image, name the
+country of the first result) and ``search_free`` (answer at once; without the image the model
+can only learn the likeliest answer per question). Country names are single tokens of the tiny
+tokenizer (``--entity-tokens``), prompts are one line plus the dialect's action hint, and
+results are cut to the top one, because CPU time grows with every token. GRPO samples at
+temperature 0.7 (at 1.0 the tiny policy's sampled answers are mostly wrong, and the groups
+then teach it to stop searching). The model cannot learn to name countries it never saw in
+training (their tokens never trained), so on the test split only the format and the
+search decision improve; the train_heldout set shows what GRPO adds on top of SFT.
+
+Writes ``benchmarks/results/learn_grpo.json`` (config, baselines, the three evaluations, the SFT
+loss and GRPO reward curves, timings) and ``benchmarks/results/learn_grpo.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CATEGORIES = ["image_search", "search_free"]
+
+
+def _log_callback() -> Any:
+    from transformers import TrainerCallback
+
+    class Keep(TrainerCallback):
+        def __init__(self) -> None:
+            self.logs: list[dict[str, float]] = []
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
+                   **kwargs: Any) -> None:
+            if logs:
+                self.logs.append({"step": state.global_step,
+                                  **{k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}})
+
+    return Keep()
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(args.threads)  # tiny matrices: one thread beats two contended ones
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    from mmsearch_gym.actions import get_dialect
+    from mmsearch_gym.evaluate import evaluate
+    from mmsearch_gym.integrations import trl as T
+    from mmsearch_gym.integrations.tiny_models import load_tiny_model
+
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    dialect = get_dialect("mmsearch-r1")
+    system_prompt = "Answer the question. " + dialect.action_hint()
+    train_env = T.env_factory("MMSearch-Train-v0", categories=CATEGORIES, top_k=args.top_k,
+                              tasks={"world": "train", "n": args.train_pool, "seed": 0})
+    train_tasks = train_env().tasks
+    # held-out evaluation sets: the test split (entities never seen in training) and fresh tasks
+    # of the train distribution (other scenes and questions on the training entities)
+    eval_sets = {}
+    for label, env_id, env_kwargs in (
+            ("test", "MMSearch-v0", {}),
+            ("train_heldout", "MMSearch-Train-v0", {"tasks": {"world": "train", "n": args.train_pool, "seed": 1}})):
+        full = T.env_factory(env_id, categories=CATEGORIES, top_k=args.top_k, **env_kwargs)()
+        data = T.to_dataset(full.tasks, n=args.eval_tasks, shuffle=True, seed=1, system_prompt=system_prompt)
+        ids = set(data["task_id"])
+        eval_sets[label] = (T.env_factory(T._clone_env(full, full.tasks.filter(lambda t: t.id in ids,
+                                                                            name=f"learn-grpo-{label}"))), data)
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="learn-grpo-"))
+
+    # scripted baselines on the same held-out tasks, for scale
+    baselines: dict[str, dict[str, Any]] = {}
+    for set_name, (env, _data) in eval_sets.items():
+        for name in ("direct", "rag", "oracle"):
+            report = evaluate(env, name, progress=False).to_json()
+            baselines.setdefault(set_name, {})[name] = {k: report[k] for k in
+                                                        ("accuracy", "format_rate", "search_ratio", "mean_reward")}
+
+    t = time.perf_counter()
+    sft_data = T.build_sft_dataset(env=train_env, policy="oracle", episodes=args.sft_episodes, balance=0.5,
+                                   system_prompt=system_prompt, work_dir=work / "teacher", seed=0)
+    texts = [m["content"] for row in sft_data["messages"] for m in row]
+    names: list[str] = []
+    if args.entity_tokens:  # the world's country names as single tokens: copying one symbol
+        from mmsearch_gym.world import load_knowledge
+        names = [name for entity in load_knowledge().countries() for name in entity.answers]
+    model_dir = T.make_tiny_model(work / "init", tasks=train_tasks, texts=texts, size=args.size,
+                                  vocab_size=args.vocab_size, seed=0, extra_tokens=names)
+    model, tokenizer = load_tiny_model(model_dir)
+    timings["data_and_model_s"] = time.perf_counter() - t
+
+    def evaluate_now(label: str) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        out: dict[str, Any] = {}
+        for name, (env, data) in eval_sets.items():
+            report = T.evaluate_model(model, tokenizer, env, data, batch_size=32,
+                                      max_completion_length=args.max_completion_length,
+                                      max_turn_tokens=args.max_turn_tokens, progress=False)
+            categories = dict(zip(data["task_id"], data["category"]))
+            per_category = {category: T.episode_metrics([e["breakdown"] for e in report["episodes"]
+                                                         if categories[e["task_id"]] == category])
+                            for category in CATEGORIES}
+            searched = [e for e in report["episodes"] if categories[e["task_id"]] == "image_search"]
+            out[name] = {"overall": report["metrics"], "per_category": per_category,
+                         "examples": [e["turns"] for e in report["episodes"][:2]] + [e["turns"] for e in searched[:2]]}
+        timings[f"eval_{label}_s"] = time.perf_counter() - t0
+        return out
+
+    evaluations = {"random": evaluate_now("random")}
+    print("random:", _short(evaluations["random"]), flush=True)
+
+    t = time.perf_counter()
+    sft_log = _log_callback()
+    if args.load_sft:  # reuse a saved cold start (for tuning the GRPO stage)
+        model, tokenizer = load_tiny_model(args.load_sft)
+    else:
+        sft = T.make_sft_trainer(model, tokenizer, sft_data, output_dir=work / "sft", callbacks=[sft_log], args={
+            "max_steps": args.sft_steps, "learning_rate": args.sft_lr, "per_device_train_batch_size": 16,
+            "lr_scheduler_type": "cosine", "warmup_steps": 10, "logging_steps": 10, "seed": 0,
+            "disable_tqdm": not args.progress})
+        sft.train()
+        if args.save_sft:
+            sft.save_model(args.save_sft)
+            tokenizer.save_pretrained(args.save_sft)
+            (Path(args.save_sft) / "mmsearch_tiny.json").write_text((model_dir / "mmsearch_tiny.json").read_text())
+    timings["sft_s"] = time.perf_counter() - t
+    evaluations["sft"] = evaluate_now("sft")
+    print("after SFT:", _short(evaluations["sft"]), flush=True)
+
+    if args.grpo_steps == 0:  # SFT-only run (for tuning the cold start)
+        losses = [{"step": int(log["step"]), "loss": log["loss"]} for log in sft_log.logs if "loss" in log]
+        return {"evaluations": evaluations, "timings_s": timings, "sft_loss_curve": losses}
+    t = time.perf_counter()
+    grpo_data = T.to_dataset(train_tasks, shuffle=True, seed=2, system_prompt=system_prompt)
+    grpo_log = _log_callback()
+    grpo = T.make_grpo_trainer(model, tokenizer, train_env, grpo_data, route="rollout", output_dir=work / "grpo",
+                               max_turn_tokens=args.max_turn_tokens, callbacks=[grpo_log], args={
+                                   "max_steps": args.grpo_steps, "learning_rate": args.grpo_lr,
+                                   "per_device_train_batch_size": args.group_size * args.groups,
+                                   "num_generations": args.group_size,
+                                   "max_completion_length": args.max_completion_length,
+                                   "temperature": args.grpo_temperature, "beta": args.grpo_beta,
+                                   "lr_scheduler_type": "constant",
+                                   "logging_steps": 1, "seed": 0, "disable_tqdm": not args.progress})
+    grpo.train()
+    timings["grpo_s"] = time.perf_counter() - t
+    evaluations["grpo"] = evaluate_now("grpo")
+    print("after GRPO:", _short(evaluations["grpo"]), flush=True)
+    timings["total_s"] = time.perf_counter() - started
+
+    curve = [{"step": int(log["step"]), "reward": log["reward"], "accuracy": log.get("mmsearch/accuracy"),
+              "format_rate": log.get("mmsearch/format_rate"), "search_ratio": log.get("mmsearch/search_ratio")}
+             for log in grpo_log.logs if "reward" in log]
+    return {
+        "benchmark": "learn_grpo",
+        "config": {k: v for k, v in vars(args).items()
+                   if k not in ("work_dir", "progress", "out", "save_sft", "load_sft")},
+        "categories": CATEGORIES,
+        "dialect": dialect.name,
+        "system_prompt": system_prompt,
+        "model": {"size": args.size, "parameters": sum(p.numel() for p in model.parameters()),
+                  "vocab_size": len(tokenizer)},
+        "train_tasks": len(train_tasks), "sft_examples": len(sft_data),
+        "eval_tasks": {name: len(data) for name, (_env, data) in eval_sets.items()},
+        "baselines_on_eval_tasks": baselines,
+        "evaluations": evaluations,
+        "sft_loss_curve": [{"step": int(log["step"]), "loss": log["loss"]} for log in sft_log.logs if "loss" in log],
+        "grpo_curve": curve,
+        "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "torch_threads": args.threads},
+    }
+
+
+def _short(evaluation: dict[str, Any]) -> str:
+    keys = ("mmsearch/accuracy", "mmsearch/format_rate", "mmsearch/search_ratio", "mmsearch/env_reward")
+    return " | ".join(name + ": " + ", ".join(f"{k.split('/')[-1]}={part['overall'][k]:.3f}" for k in keys)
+                      for name, part in evaluation.items())
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = list(result["eval_tasks"])
+    fig, axes = plt.subplots(1, 2 + len(sets), figsize=(5 * (2 + len(sets)), 4.2))
+    sft = result["sft_loss_curve"]
+    axes[0].plot([p["step"] for p in sft], [p["loss"] for p in sft], color="tab:blue")
+    axes[0].set(title="SFT cold start: loss", xlabel="SFT step", ylabel="assistant-token NLL")
+    curve = result["grpo_curve"]
+    steps = [p["step"] for p in curve]
+    rewards = [p["reward"] for p in curve]
+    window = max(1, len(rewards) // 8)
+    smooth = [sum(rewards[max(0, i - window + 1):i + 1]) / len(rewards[max(0, i - window + 1):i + 1])
+              for i in range(len(rewards))]
+    axes[1].plot(steps, rewards, color="tab:orange", alpha=0.35, label="batch mean")
+    axes[1].plot(steps, smooth, color="tab:orange", label=f"moving mean ({window} steps)")
+    axes[1].set(title="GRPO: env reward of the rollouts", xlabel="GRPO step", ylabel="reward")
+    axes[1].legend()
+    stages = ["random", "sft", "grpo"]
+    keys = [("mmsearch/env_reward", "mean reward"), ("mmsearch/accuracy", "accuracy"),
+            ("mmsearch/format_rate", "format rate"), ("mmsearch/search_ratio", "search ratio")]
+    width = 0.2
+    for ax, name in zip(axes[2:], sets):
+        for i, (key, label) in enumerate(keys):
+            values = [result["evaluations"][s][name]["overall"][key] for s in stages]
+            ax.bar([x + (i - 1.5) * width for x in range(3)], values, width, label=label)
+        ax.set_xticks(range(3), ["random init", "after SFT", "after SFT+GRPO"])
+        ax.set(title=f"{name} (n={result['eval_tasks'][name]}, greedy)", ylim=(0, 1))
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run with tiny budgets")
+    parser.add_argument("--size", default="tiny", help="tiny model size (tiny, small, base)")
+    parser.add_argument("--vocab-size", type=int, default=1024)
+    parser.add_argument("--train-pool", type=int, default=3000, help="train-split tasks generated (all categories)")
+    parser.add_argument("--sft-episodes", type=int, default=1200)
+    parser.add_argument("--sft-steps", type=int, default=800)
+    parser.add_argument("--sft-lr", type=float, default=3e-3)
+    parser.add_argument("--grpo-steps", type=int, default=250)
+    parser.add_argument("--grpo-lr", type=float, default=5e-4)
+    parser.add_argument("--groups", type=int, default=4, help="tasks per GRPO step")
+    parser.add_argument("--group-size", type=int, default=8, help="rollouts per task (the papers use 8)")
+    parser.add_argument("--eval-tasks", type=int, default=160)
+    parser.add_argument("--top-k", type=int, default=1)
+    parser.add_argument("--max-completion-length", type=int, default=256)
+    parser.add_argument("--max-turn-tokens", type=int, default=48)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--entity-tokens", action=argparse.BooleanOptionalAction, default=True,
+                        help="keep the world's country names as single tokens")
+    parser.add_argument("--work-dir", default=None)
+    parser.add_argument("--save-sft", default=None, help="save the SFT model here")
+    parser.add_argument("--load-sft", default=None, help="skip SFT: start GRPO from this saved model")
+    parser.add_argument("--grpo-temperature", type=float, default=0.7)
+    parser.add_argument("--grpo-beta", type=float, default=0.0)
+    parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--out", type=Path, default=RESULTS / "learn_grpo.json")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.sft_episodes, args.sft_steps, args.grpo_steps, args.eval_tasks, args.train_pool = 60, 20, 3, 32, 300
+    result = run(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.grpo_steps == 0:
+        args.out.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
+        return 0
+    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    plot(result, args.out.with_suffix(".png"))
+    print(json.dumps({"evaluations": {k: {n: p["overall"] for n, p in v.items()}
+                                      for k, v in result["evaluations"].items()},
+                      "timings_s": result["timings_s"]}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
