@@ -147,7 +147,7 @@ class EpisodeView:
             raise ConfigError("EpisodeView.start needs the info dict that env.reset() returned "
                               "(with task_id, question and messages)")
         if image is None:
-            image = _first_image(info["messages"])
+            image = first_image(info["messages"])
             if image is None:
                 raise ConfigError("the reset info has no image in its messages; pass image=")
         return cls(task_id=str(info["task_id"]), question=str(info["question"]), image=image,
@@ -225,7 +225,7 @@ def cut_at_stop(text: str, stops: Sequence[str]) -> str:
     return text if best == -1 else text[:best]
 
 
-def _first_image(messages: Sequence[Mapping[str, Any]]) -> Image.Image | None:
+def first_image(messages: Sequence[Mapping[str, Any]]) -> Image.Image | None:
     for message in messages:
         content = message.get("content")
         if isinstance(content, list):

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import io
 
 import pytest
-from PIL import Image, ImageDraw
 
+from fixture_world import scene_png, thumb_png
 from mmsearch_gym.search.base import Hit, MemoryBackend
 from mmsearch_gym.tasks import SceneObject, Task, TaskSet
 
@@ -20,38 +19,24 @@ def _isolated_cache_dir(tmp_path_factory: pytest.TempPathFactory):
     mp.undo()
 
 
-def _png(color: tuple[int, int, int], size: tuple[int, int] = (320, 240)) -> bytes:
-    image = Image.new("RGB", size, color)
-    ImageDraw.Draw(image).rectangle([200, 20, 300, 90], fill=(255 - color[0], 40, 90))
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def thumb(color: tuple[int, int, int]) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (32, 24), color).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 @pytest.fixture
 def tiny_tasks() -> TaskSet:
     objects = (SceneObject("flag", (200, 20, 300, 90), entity="fr",
                            attributes={"position": "top right", "size_rank": "largest"}),)
     return TaskSet([
         Task("t0", "Which country's flag is shown at the top right?", ("France", "French Republic"),
-             category="crop", image_bytes=_png((10, 120, 30)), objects=objects),
+             category="crop", image_bytes=scene_png((10, 120, 30)), objects=objects),
         Task("t1", "What is the capital of the country whose flag is shown?", ("Paris",),
-             category="image_then_text", image_bytes=_png((200, 10, 10))),
+             category="image_then_text", image_bytes=scene_png((200, 10, 10))),
         Task("t2", "How many flags are in this picture?", ("1", "one"),
-             category="search_free", image_bytes=_png((0, 0, 200), (200, 300)), objects=objects),
+             category="search_free", image_bytes=scene_png((0, 0, 200), (200, 300)), objects=objects),
     ], name="tiny")
 
 
 @pytest.fixture
 def memory_backend() -> MemoryBackend:
     flag = Hit("Flag of France", "https://example.org/flag/fr", "The flag of France.", 1.0, "memory",
-               thumbnail=thumb((0, 0, 255)))
+               thumbnail=thumb_png((0, 0, 255)))
     return MemoryBackend(
         text={"france capital": [Hit("France", "https://example.org/fr", "France. Capital: Paris.", 2.0, "memory")]},
         default_text_hits=[Hit("Nothing", "https://example.org/none", "No match.", 0.1, "memory")],

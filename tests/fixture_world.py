@@ -3,11 +3,29 @@
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Sequence
 
+from PIL import Image, ImageDraw
+
 from mmsearch_gym.search.base import Hit
 from mmsearch_gym.tasks import SceneObject, Task, TaskSet
+
+def scene_png(color: tuple[int, int, int], size: tuple[int, int] = (320, 240)) -> bytes:
+    """A solid image with one coloured 'flag' box at (200, 20, 300, 90), PNG-encoded."""
+    image = Image.new("RGB", size, color)
+    ImageDraw.Draw(image).rectangle([200, 20, 300, 90], fill=(255 - color[0], 40, 90))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def thumb_png(color: tuple[int, int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 24), color).save(buf, format="PNG")
+    return buf.getvalue()
+
 
 PLANS = {
     "t0": [{"tool": "image_search", "box": [200, 20, 300, 90]}, {"tool": "answer"}],

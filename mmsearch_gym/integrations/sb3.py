@@ -69,6 +69,7 @@ from tqdm.auto import tqdm
 from mmsearch_gym.actions import (UNABLE_TO_ANSWER, Action, Answer, Dialect, ImageSearch, Region,
                                   TextSearch, get_dialect)
 from mmsearch_gym.errors import ConfigError
+from mmsearch_gym.policies import first_image
 from mmsearch_gym.search.base import Hit
 from mmsearch_gym.search.image_features import FEATURE_DIM, image_feature
 from mmsearch_gym.tasks import Task, TaskSet
@@ -386,18 +387,6 @@ def _default_grounder() -> Any:
     return AnnotationGrounder()
 
 
-def _first_image(messages: Sequence[Mapping[str, Any]]) -> Image.Image | None:
-    """The original task image: the first image block of the chat (where the env puts it)."""
-    for message in messages:
-        content = message.get("content")
-        if isinstance(content, list):
-            for block in content:
-                if isinstance(block, Mapping) and block.get("type") == "image" \
-                        and isinstance(block.get("image"), Image.Image):
-                    return block["image"]
-    return None
-
-
 class FeatureCache:
     """Image feature vectors per task id (training resets the same tasks over and over)."""
 
@@ -489,7 +478,7 @@ class SearchDecisionEnv(gym.Env[np.ndarray, np.int64]):
         super().reset(seed=seed)
         _, info = self.env.reset(seed=seed, options=options)
         self._question = str(info["question"])
-        image = _first_image(info["messages"])
+        image = first_image(info["messages"])
         if image is None:
             raise ConfigError("the wrapped env's reset info has no image in its messages")
         self._image_size = image.size

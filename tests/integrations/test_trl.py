@@ -9,7 +9,6 @@ tool-result tokens, and the rewards TRL used are the env's.
 
 from __future__ import annotations
 
-import io
 import os
 import re
 from collections.abc import Iterator
@@ -23,7 +22,6 @@ pytest.importorskip("trl")
 import torch  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
 
 from mmsearch_gym.actions import get_dialect  # noqa: E402
 from mmsearch_gym.env import MMSearchEnv  # noqa: E402
@@ -33,6 +31,8 @@ from mmsearch_gym.integrations.tiny_models import TAG_TOKENS, load_tiny_model  #
 from mmsearch_gym.search.base import Hit, MemoryBackend  # noqa: E402
 from mmsearch_gym.tasks import SceneObject, Task, TaskSet  # noqa: E402
 
+from fixture_world import scene_png, thumb_png  # noqa: E402
+
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 
@@ -41,43 +41,29 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 # ---------------------------------------------------------------------------------------------
 
 
-def _png(color: tuple[int, int, int], size: tuple[int, int] = (320, 240)) -> bytes:
-    image = Image.new("RGB", size, color)
-    ImageDraw.Draw(image).rectangle([200, 20, 300, 90], fill=(255 - color[0], 40, 90))
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _thumb(color: tuple[int, int, int]) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (32, 24), color).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 FLAG = SceneObject("flag", (200, 20, 300, 90), entity="fr", attributes={"position": "top right"})
 
 
 def make_tasks() -> TaskSet:
     return TaskSet([
         Task("t0", "Which country's flag is shown at the top right?", ("France", "French Republic"),
-             category="crop", image_bytes=_png((10, 120, 30)), objects=(FLAG,),
+             category="crop", image_bytes=scene_png((10, 120, 30)), objects=(FLAG,),
              meta={"oracle_plan": [{"tool": "image_search", "box": None}, {"tool": "answer"}]}),
         Task("t1", "What is the capital of the country whose flag is shown?", ("Paris",),
-             category="image_then_text", image_bytes=_png((200, 10, 10)), objects=(FLAG,),
+             category="image_then_text", image_bytes=scene_png((200, 10, 10)), objects=(FLAG,),
              meta={"oracle_plan": [{"tool": "image_search", "box": None},
                                    {"tool": "text_search", "query": "France capital"}, {"tool": "answer"}]}),
         Task("t2", "How many flags are in this picture?", ("1", "one"), category="search_free",
-             image_bytes=_png((0, 0, 200), (200, 300)), objects=(FLAG,),
+             image_bytes=scene_png((0, 0, 200), (200, 300)), objects=(FLAG,),
              meta={"oracle_plan": [{"tool": "answer"}]}),
         Task("t3", "Is there a flag in the picture?", ("yes",), category="search_free",
-             image_bytes=_png((90, 90, 90)), objects=(FLAG,), meta={"oracle_plan": [{"tool": "answer"}]}),
+             image_bytes=scene_png((90, 90, 90)), objects=(FLAG,), meta={"oracle_plan": [{"tool": "answer"}]}),
     ], name="trl-tiny")
 
 
 def make_backend() -> MemoryBackend:
     flag = Hit("Flag of France", "https://example.org/flag/fr", "The flag of France.", 1.0, "memory",
-               thumbnail=_thumb((0, 0, 255)))
+               thumbnail=thumb_png((0, 0, 255)))
     return MemoryBackend(
         text={"france capital": [Hit("France", "https://example.org/fr", "France. Capital: Paris.", 2.0, "memory")]},
         default_text_hits=[Hit("Nothing", "https://example.org/none", "No match.", 0.1, "memory")],
