@@ -571,7 +571,7 @@ def make_policy(spec: str, *, tasks: TaskSet | None = None, dialect: str | Diale
     if sep and kind == "transformers":
         if not rest:
             raise ConfigError("transformers: needs a model directory, e.g. transformers:./runs/sft/final")
-        from mmsearch_gym.hf_policy import TransformersPolicy
+        from mmsearch_gym.integrations.transformers_policy import TransformersPolicy
         return TransformersPolicy.from_pretrained(rest, seed=seed, **kwargs)
     if sep and kind == "openai":
         base_url, _, model = rest.partition("#")

@@ -20,7 +20,7 @@ from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 from mmsearch_gym.actions import Answer, ImageSearch, TextSearch, get_dialect
 from mmsearch_gym.env import MMSearchEnv
 from mmsearch_gym.errors import ConfigError
-from mmsearch_gym.hf_policy import TransformersPolicy, cut_at_stop, make_stop_criteria
+from mmsearch_gym.integrations.transformers_policy import TransformersPolicy, cut_at_stop, make_stop_criteria
 from mmsearch_gym.policies import EpisodeView, Policy, make_policy
 
 TEMPLATES = Path(importlib.util.find_spec("trl").submodule_search_locations[0]) / "chat_templates"
