@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import heapq
+import importlib
 import math
 import multiprocessing
 import multiprocessing.connection
@@ -464,29 +465,30 @@ def _worker_main(conn: multiprocessing.connection.Connection, recipe: EnvRecipe)
         conn.close()
 
 
-def _portable_error(err: BaseException) -> BaseException:
-    """The exception itself when it survives pickling, else an MMSearchError with its traceback."""
-    import pickle
+def _portable_error(err: BaseException) -> dict[str, str]:
+    """A worker's exception as plain strings: its class's import path, message and traceback."""
+    return {"module": type(err).__module__, "qualname": type(err).__qualname__, "message": str(err),
+            "traceback": "".join(traceback.format_exception(type(err), err, err.__traceback__))}
 
+
+def _rebuild_error(error: Mapping[str, str]) -> BaseException:
+    """The worker's exception again in the parent: the same type for mmsearch_gym's typed errors
+    (a CacheMiss stays a CacheMiss), else an MMSearchError carrying the worker's traceback."""
     try:
-        pickle.loads(pickle.dumps(err))
-        return err
-    except Exception:
-        text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
-        return MMSearchError(f"an env worker failed:\n{text}")
+        cls: Any = importlib.import_module(error["module"])
+        for part in error["qualname"].split("."):
+            cls = getattr(cls, part)
+        if isinstance(cls, type) and issubclass(cls, MMSearchError):
+            return cls(error["message"])
+    except Exception:  # an unknown or oddly constructed class: fall through to the generic error
+        pass
+    return MMSearchError(f"an env worker failed:\n{error['traceback']}")
 
 
 class _ProcessPool:
     """Slot ``s`` lives in worker ``s % workers``; each batch goes out to all workers at once."""
 
     def __init__(self, recipe: EnvRecipe, workers: int, context: str) -> None:
-        import pickle
-
-        try:
-            pickle.dumps(recipe)
-        except Exception as err:
-            raise ConfigError(f"workers > 1 needs an env id or a picklable factory (a module-level function or "
-                              f"functools.partial), not {recipe.label}: {err}") from None
         ctx = multiprocessing.get_context(context)
         self.workers = workers
         self.conns: list[multiprocessing.connection.Connection] = []
@@ -495,7 +497,14 @@ class _ProcessPool:
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=_worker_main, args=(child, recipe), daemon=True,
                                name=f"mmsearch-env-worker-{index}")
-            proc.start()
+            try:
+                proc.start()  # sends the recipe to the new process: fails here if it cannot travel
+            except Exception as err:
+                parent.close()
+                child.close()
+                self.close()
+                raise ConfigError(f"workers > 1 needs an env id or a picklable factory (a module-level "
+                                  f"function or functools.partial), not {recipe.label}: {err}") from None
             child.close()
             self.conns.append(parent)
             self.procs.append(proc)
@@ -518,7 +527,7 @@ class _ProcessPool:
                 raise MMSearchError(f"env worker {worker} died (exit code {self.procs[worker].exitcode}); "
                                     "run with workers=1 to see the error") from None
             if status == "error":
-                failure = failure or payload
+                failure = failure or _rebuild_error(payload)
                 continue
             for position, result in zip(positions, payload, strict=True):
                 out[position] = result

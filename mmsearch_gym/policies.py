@@ -276,11 +276,12 @@ class EvidenceReaderLike(Protocol):
                           image_size: tuple[int, int] | None = None) -> str | None: ...
 
 
-def _default_reader() -> EvidenceReaderLike:
+def default_reader() -> EvidenceReaderLike:
+    """The built-in world's ``EvidenceReader`` (imported on first use), for policies without a reader."""
     try:
         from mmsearch_gym.world.reader import EvidenceReader
     except ImportError as err:
-        raise ConfigError("scripted policies read evidence with mmsearch_gym.world.reader.EvidenceReader, "
+        raise ConfigError("policies read evidence with mmsearch_gym.world.reader.EvidenceReader, "
                           f"which could not be imported ({err}); pass reader= an object with identify, "
                           "build_query, answer and answer_from_scene") from err
     return EvidenceReader()
@@ -315,7 +316,7 @@ class ScriptedPolicy:
     @property
     def reader(self) -> EvidenceReaderLike:
         if self._reader is None:
-            self._reader = _default_reader()
+            self._reader = default_reader()
         return self._reader
 
     def act(self, episodes: Sequence[EpisodeView]) -> list[str]:

@@ -69,7 +69,7 @@ from tqdm.auto import tqdm
 from mmsearch_gym.actions import (UNABLE_TO_ANSWER, Action, Answer, Dialect, ImageSearch, Region,
                                   TextSearch, get_dialect)
 from mmsearch_gym.errors import ConfigError
-from mmsearch_gym.policies import first_image
+from mmsearch_gym.policies import default_reader, first_image
 from mmsearch_gym.search.base import Hit
 from mmsearch_gym.search.image_features import FEATURE_DIM, image_feature
 from mmsearch_gym.tasks import Task, TaskSet
@@ -369,17 +369,6 @@ def window_box(position: str, image_size: tuple[int, int]) -> tuple[int, int, in
     fy = 0.0 if "top" in words else 0.5 if "bottom" in words else 0.25
     x1, y1 = int(fx * width), int(fy * height)
     return x1, y1, max(x1 + 1, int((fx + 0.5) * width)), max(y1 + 1, int((fy + 0.5) * height))
-
-
-def default_reader() -> Any:
-    """The built-in world's ``EvidenceReader`` (imported on first use)."""
-    try:
-        from mmsearch_gym.world.reader import EvidenceReader
-    except ImportError as err:
-        raise ConfigError("the SB3 decision policy reads evidence with mmsearch_gym.world.reader."
-                          f"EvidenceReader, which could not be imported ({err}); pass reader= an "
-                          "object with identify, build_query, answer and answer_from_scene") from err
-    return EvidenceReader()
 
 
 def _default_grounder() -> Any:
