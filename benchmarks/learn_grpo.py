@@ -1,6 +1,6 @@
 """Proof that the TRL adapter learns: a tiny random model, an SFT cold start, then GRPO.
 
-    python benchmarks/learn_grpo.py            # about 12 minutes on 2 CPU cores
+    python benchmarks/learn_grpo.py            # about 9 minutes on 2 CPU cores
     python benchmarks/learn_grpo.py --quick    # a smoke run (a minute or two)
 
 A randomly initialised Qwen2 (hidden size 64, 2 layers; tokenizer trained here) plays the
@@ -12,34 +12,36 @@ built-in world through MMSearchEnv in the MMSearch-R1 dialect:
 3. GRPO through the ``rollout_func`` route (8 rollouts per task, the env's reward), then
    evaluated a third time.
 
-Evaluation plays held-out tasks greedily and reports the env's numbers (accuracy, format rate,
-search ratio, mean reward), computed by the env's reward, the one GRPO optimises, on two sets:
-``test``, the world's test split (entities never seen in training), and ``train_heldout``,
-fresh tasks of the training distribution (other scenes and questions over the training
-entities). Scripted baselines (direct, rag, oracle) on the same tasks give the scale.
+Each evaluation saves the model and runs ``mmsearch-gym eval --policy transformers:DIR``
+(greedy, the env's reward, the same short system prompt and top-1 results as training, passed
+with ``--set``), on two held-out sets: ``test``, the world's test split (countries never seen in
+training), and ``train_heldout``, fresh tasks over the training countries (other scenes and
+questions). Scripted baselines (direct, rag, oracle) on the same tasks give the scale.
 
-What a tiny text-only model can learn, and how the setup is chosen for it: it sees neither the
-image nor any facts, so the task mix is the two categories that need only the tags, the
-decision to search and reading the results: ``image_search`` (search the image, name the
-country of the first result) and ``search_free`` (answer at once; without the image the model
-can only learn the likeliest answer per question). Country names are single tokens of the tiny
-tokenizer (``--entity-tokens``), prompts are one line plus the dialect's action hint, and
-results are cut to the top one, because CPU time grows with every token. GRPO samples at
-temperature 0.7 (at 1.0 the tiny policy's sampled answers are mostly wrong, and the groups
-then teach it to stop searching). The model cannot learn to name countries it never saw in
-training (their tokens never trained), so on the test split only the format and the
-search decision improve; the train_heldout set shows what GRPO adds on top of SFT.
+What a tiny text-only model can learn: it sees neither the image nor any facts, so the task mix
+is the two categories that need only the tags, the decision to search and the results:
+``image_search`` (search the image, name the country of the first result) and ``search_free``
+(answer at once; without the image only the likeliest answer per question can be learned).
+Country names are single tokens of the tiny tokenizer (``--entity-tokens``), prompts are one
+line plus the dialect's action hint, and results are cut to the top one, because CPU time grows
+with every token. The model learns to name the training countries from their result
+descriptions; it does not learn to copy a name it never saw from the results (tried, see the
+README), so on the test split the image_search answers stay wrong whatever GRPO does.
 
-Writes ``benchmarks/results/learn_grpo.json`` (config, baselines, the three evaluations, the SFT
-loss and GRPO reward curves, timings) and ``benchmarks/results/learn_grpo.png``.
+Writes ``benchmarks/results/learn_grpo.json`` (config, baselines, the three evaluations with the
+``mmsearch-gym eval`` command lines, the SFT loss and GRPO reward curves, timings) and
+``benchmarks/results/learn_grpo.png``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -48,6 +50,7 @@ from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CATEGORIES = ["image_search", "search_free"]
+REPORT_KEYS = ("accuracy", "format_rate", "search_ratio", "mean_reward", "calls_per_episode")
 
 
 def _log_callback() -> Any:
@@ -71,6 +74,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads)  # tiny matrices: one thread beats two contended ones
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    from mmsearch_gym import cli
     from mmsearch_gym.actions import get_dialect
     from mmsearch_gym.evaluate import evaluate
     from mmsearch_gym.integrations import trl as T
@@ -80,29 +84,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     timings: dict[str, float] = {}
     dialect = get_dialect("mmsearch-r1")
     system_prompt = "Answer the question. " + dialect.action_hint()
-    train_env = T.env_factory("MMSearch-Train-v0", categories=CATEGORIES, top_k=args.top_k,
-                              tasks={"world": "train", "n": args.train_pool, "seed": 0})
+    train_env = T.env_factory("MMSearch-Train-v0", top_k=args.top_k, system_prompt=system_prompt,
+                              tasks={"world": "train", "n": args.train_pool, "seed": 0, "categories": CATEGORIES})
     train_tasks = train_env().tasks
-    # held-out evaluation sets: the test split (entities never seen in training) and fresh tasks
-    # of the train distribution (other scenes and questions on the training entities)
-    eval_sets = {}
-    for label, env_id, env_kwargs in (
-            ("test", "MMSearch-v0", {}),
-            ("train_heldout", "MMSearch-Train-v0", {"tasks": {"world": "train", "n": args.train_pool, "seed": 1}})):
-        full = T.env_factory(env_id, categories=CATEGORIES, top_k=args.top_k, **env_kwargs)()
-        data = T.to_dataset(full.tasks, n=args.eval_tasks, shuffle=True, seed=1, system_prompt=system_prompt)
-        ids = set(data["task_id"])
-        eval_sets[label] = (T.env_factory(T._clone_env(full, full.tasks.filter(lambda t: t.id in ids,
-                                                                            name=f"learn-grpo-{label}"))), data)
+    # held-out evaluation sets: the test split (countries never seen in training) and fresh tasks
+    # of the train distribution (other scenes and questions over the training countries)
+    eval_sets = {"test": {"world": "test", "categories": CATEGORIES},
+                 "train_heldout": {"world": "train", "n": args.eval_tasks, "seed": 1, "categories": CATEGORIES}}
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="learn-grpo-"))
 
     # scripted baselines on the same held-out tasks, for scale
-    baselines: dict[str, dict[str, Any]] = {}
-    for set_name, (env, _data) in eval_sets.items():
-        for name in ("direct", "rag", "oracle"):
-            report = evaluate(env, name, progress=False).to_json()
-            baselines.setdefault(set_name, {})[name] = {k: report[k] for k in
-                                                        ("accuracy", "format_rate", "search_ratio", "mean_reward")}
+    baselines = {set_name: {name: {k: report[k] for k in REPORT_KEYS} for name in ("direct", "rag", "oracle")
+                            for report in [evaluate("MMSearch-v0", name, episodes=args.eval_tasks, progress=False,
+                                                    tasks=spec, top_k=args.top_k).to_json()]}
+                 for set_name, spec in eval_sets.items()}
 
     t = time.perf_counter()
     sft_data = T.build_sft_dataset(env=train_env, policy="oracle", episodes=args.sft_episodes, balance=0.5,
@@ -118,19 +113,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     timings["data_and_model_s"] = time.perf_counter() - t
 
     def evaluate_now(label: str) -> dict[str, Any]:
+        """Save the model as it is now and evaluate it with ``mmsearch-gym eval`` on each set."""
         t0 = time.perf_counter()
+        checkpoint = work / "checkpoints" / label
+        model.save_pretrained(checkpoint)
+        tokenizer.save_pretrained(checkpoint)
         out: dict[str, Any] = {}
-        for name, (env, data) in eval_sets.items():
-            report = T.evaluate_model(model, tokenizer, env, data, batch_size=32,
-                                      max_completion_length=args.max_completion_length,
-                                      max_turn_tokens=args.max_turn_tokens, progress=False)
-            categories = dict(zip(data["task_id"], data["category"]))
-            per_category = {category: T.episode_metrics([e["breakdown"] for e in report["episodes"]
-                                                         if categories[e["task_id"]] == category])
-                            for category in CATEGORIES}
-            searched = [e for e in report["episodes"] if categories[e["task_id"]] == "image_search"]
-            out[name] = {"overall": report["metrics"], "per_category": per_category,
-                         "examples": [e["turns"] for e in report["episodes"][:2]] + [e["turns"] for e in searched[:2]]}
+        for name, tasks_spec in eval_sets.items():
+            argv = eval_argv(checkpoint, tasks_spec, work / f"eval-{label}-{name}.json", system_prompt, args)
+            with contextlib.redirect_stdout(io.StringIO()):
+                if cli.main(argv) != 0:
+                    raise RuntimeError("mmsearch-gym " + shlex.join(argv) + " failed")
+            report = json.loads((work / f"eval-{label}-{name}.json").read_text(encoding="utf-8"))
+            episodes = report.pop("per_episode")
+            out[name] = {**{k: report[k] for k in REPORT_KEYS}, "per_category": report["per_category"],
+                         "examples": [e for c in CATEGORIES for e in episodes if e["category"] == c][:2]
+                         + [e for e in episodes if e["category"] == CATEGORIES[0]][:2],
+                         "command": "mmsearch-gym " + shlex.join(argv)}
         timings[f"eval_{label}_s"] = time.perf_counter() - t0
         return out
 
@@ -189,7 +188,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "model": {"size": args.size, "parameters": sum(p.numel() for p in model.parameters()),
                   "vocab_size": len(tokenizer)},
         "train_tasks": len(train_tasks), "sft_examples": len(sft_data),
-        "eval_tasks": {name: len(data) for name, (_env, data) in eval_sets.items()},
+        "eval_tasks": {name: args.eval_tasks for name in eval_sets},
         "baselines_on_eval_tasks": baselines,
         "evaluations": evaluations,
         "sft_loss_curve": [{"step": int(log["step"]), "loss": log["loss"]} for log in sft_log.logs if "loss" in log],
@@ -199,9 +198,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def eval_argv(checkpoint: Path, tasks_spec: dict[str, Any], out: Path, system_prompt: str,
+              args: argparse.Namespace) -> list[str]:
+    """The ``mmsearch-gym eval`` arguments that evaluate ``checkpoint`` on one held-out set."""
+    return ["eval", "--env", "MMSearch-v0", "--policy", f"transformers:{checkpoint}",
+            "--set", "tasks=" + json.dumps(tasks_spec), "--set", f"top_k={args.top_k}",
+            "--set", "system_prompt=" + system_prompt, "--episodes", str(args.eval_tasks),
+            "--policy-set", f"max_new_tokens={args.max_turn_tokens}", "--policy-set", "batch_size=32",
+            "--json", str(out), "--per-episode", "--no-progress"]
+
+
 def _short(evaluation: dict[str, Any]) -> str:
-    keys = ("mmsearch/accuracy", "mmsearch/format_rate", "mmsearch/search_ratio", "mmsearch/env_reward")
-    return " | ".join(name + ": " + ", ".join(f"{k.split('/')[-1]}={part['overall'][k]:.3f}" for k in keys)
+    keys = ("accuracy", "format_rate", "search_ratio", "mean_reward")
+    return " | ".join(name + ": " + ", ".join(f"{k}={part[k]:.3f}" for k in keys)
                       for name, part in evaluation.items())
 
 
@@ -227,12 +236,12 @@ def plot(result: dict[str, Any], path: Path) -> None:
     axes[1].set(title="GRPO: env reward of the rollouts", xlabel="GRPO step", ylabel="reward")
     axes[1].legend()
     stages = ["random", "sft", "grpo"]
-    keys = [("mmsearch/env_reward", "mean reward"), ("mmsearch/accuracy", "accuracy"),
-            ("mmsearch/format_rate", "format rate"), ("mmsearch/search_ratio", "search ratio")]
+    keys = [("mean_reward", "mean reward"), ("accuracy", "accuracy"), ("format_rate", "format rate"),
+            ("search_ratio", "search ratio")]
     width = 0.2
     for ax, name in zip(axes[2:], sets):
         for i, (key, label) in enumerate(keys):
-            values = [result["evaluations"][s][name]["overall"][key] for s in stages]
+            values = [result["evaluations"][s][name][key] for s in stages]
             ax.bar([x + (i - 1.5) * width for x in range(3)], values, width, label=label)
         ax.set_xticks(range(3), ["random init", "after SFT", "after SFT+GRPO"])
         ax.set(title=f"{name} (n={result['eval_tasks'][name]}, greedy)", ylim=(0, 1))
@@ -247,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke run with tiny budgets")
     parser.add_argument("--size", default="tiny", help="tiny model size (tiny, small, base)")
     parser.add_argument("--vocab-size", type=int, default=1024)
-    parser.add_argument("--train-pool", type=int, default=3000, help="train-split tasks generated (all categories)")
+    parser.add_argument("--train-pool", type=int, default=3000, help="train-split tasks of CATEGORIES that SFT and GRPO draw from")
     parser.add_argument("--sft-episodes", type=int, default=1200)
     parser.add_argument("--sft-steps", type=int, default=800)
     parser.add_argument("--sft-lr", type=float, default=3e-3)
@@ -279,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     plot(result, args.out.with_suffix(".png"))
-    print(json.dumps({"evaluations": {k: {n: p["overall"] for n, p in v.items()}
+    print(json.dumps({"evaluations": {k: {n: {m: p[m] for m in REPORT_KEYS} for n, p in v.items()}
                                       for k, v in result["evaluations"].items()},
                       "timings_s": result["timings_s"]}, indent=2))
     return 0

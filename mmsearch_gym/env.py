@@ -68,6 +68,8 @@ class MMSearchEnv(gym.Env[Observation, str]):
             observation is a fresh copy, as Gymnasium requires, so its size costs step time.
         min_crop_side: crops smaller than this many pixels are grown around their centre.
         max_text_length: observation text longer than this is cut (the space's bound).
+        system_prompt: replaces the dialect's system prompt (e.g. the short one a tiny model
+            was trained with), so that evaluation shows a model the prompt it learned on.
     """
 
     metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 1}
@@ -89,6 +91,7 @@ class MMSearchEnv(gym.Env[Observation, str]):
         min_crop_side: int = 28,
         max_text_length: int = 32_768,
         render_mode: str | None = None,
+        system_prompt: str | None = None,
     ) -> None:
         if not isinstance(tasks, TaskSet):
             raise ConfigError(f"tasks must be a TaskSet, got {type(tasks).__name__}")
@@ -121,6 +124,9 @@ class MMSearchEnv(gym.Env[Observation, str]):
         self.min_crop_side = min_crop_side
         self.max_text_length = max_text_length
         self.render_mode = render_mode
+        if system_prompt is not None and not isinstance(system_prompt, str):
+            raise ConfigError(f"system_prompt must be a string or None, got {type(system_prompt).__name__}")
+        self.system_prompt = system_prompt if system_prompt is not None else self.dialect.system_prompt()
 
         height, width = self.image_size
         self.observation_space = spaces.Dict({
@@ -176,7 +182,7 @@ class MMSearchEnv(gym.Env[Observation, str]):
         self._done = False
         width, height = self._view.image.size
         self._messages = [
-            {"role": "system", "content": [{"type": "text", "text": self.dialect.system_prompt()}]},
+            {"role": "system", "content": [{"type": "text", "text": self.system_prompt}]},
             {"role": "user", "content": [
                 {"type": "image", "image": self._view.image},
                 {"type": "text", "text": self.dialect.user_prompt(task.question)

@@ -619,6 +619,10 @@ def evaluate(env: "str | EnvFactory | EnvRecipe" = "MMSearch-v0", policy: "Polic
                               f"got {episodes!r}")
         if isinstance(policy, str):
             policy_label = policy
+            clash = sorted({"seed", "tasks", "dialect"} & set(policy_kwargs or {}))
+            if clash:
+                raise ConfigError(f"policy option(s) {clash} come from the evaluation itself "
+                                  "(seed=, the env's tasks and dialect), not from policy_kwargs")
             policy = make_policy(policy, tasks=base.tasks, dialect=base.dialect, seed=seed,
                                  **dict(policy_kwargs or {}))
         else:

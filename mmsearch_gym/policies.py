@@ -73,6 +73,7 @@ __all__ = [
     "cut_at_stop",
     "interleave_images",
     "make_policy",
+    "text_only_content",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -205,6 +206,26 @@ def interleave_images(content: Sequence[Mapping[str, Any]],
                 out.append(next(pending))
             if piece:
                 out.append({"type": "text", "text": piece})
+    return out
+
+
+def text_only_content(content: str | Sequence[Mapping[str, Any]], placeholder: str = "[image]") -> str:
+    """A message's content as one string for a text-only model.
+
+    Each image becomes ``placeholder`` at its place (a result thumbnail at its marker, the task
+    image before the question), and pieces that would run together are joined by a newline.
+    Evaluation (``TransformersPolicy``) and training (the TRL adapter) both render text-only
+    chats with this, so a model is evaluated on exactly the text it was trained on.
+    """
+    if isinstance(content, str):
+        return content
+    out = ""
+    for block in interleave_images(content):
+        kind = block.get("type")
+        piece = placeholder if kind == "image" else str(block.get("text") or "") if kind == "text" else ""
+        if out and piece and not out[-1].isspace() and not piece[0].isspace():
+            out += "\n"
+        out += piece
     return out
 
 

@@ -58,6 +58,20 @@ def test_eval_bad_input_is_a_clear_error(tiny_env: Path, capsys: pytest.CaptureF
     assert "unknown env id" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["eval", "--split", "test", "--tasks", "jsonl:x"])  # mutually exclusive
+    assert main(["eval", "--env", TINY_ID, "--policy-set", "novalue", "--no-progress"]) == 2
+    assert "--policy-set takes KEY=VALUE" in capsys.readouterr().err
+
+
+def test_eval_policy_and_env_options(tiny_env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--policy-set`` reaches the policy (a scripted one rejects an unknown option clearly) and
+    ``--set`` reaches the env (the system prompt lands in the recorded chat)."""
+    assert main(["eval", "--env", TINY_ID, "--policy", "oracle", "--policy-set", "bogus=1", "--no-progress"]) == 2
+    assert "bogus" in capsys.readouterr().err
+    assert main(["eval", "--env", TINY_ID, "--policy-set", "seed=3", "--no-progress"]) == 2
+    assert "come from the evaluation itself" in capsys.readouterr().err
+    traj = _eval(tmp_path, "--set", "system_prompt=Be brief.")
+    first = json.loads(traj.read_text().splitlines()[0])
+    assert "Be brief." in json.dumps(first)
 
 
 def test_replay_cli_ok_tampered_and_missing(tiny_env: Path, tmp_path: Path,

@@ -222,3 +222,15 @@ def test_async_vector_env_keeps_unicode_text_in_shared_memory(tiny_tasks, memory
         assert "Capital: Paris" in obs["text"][0] and "invalid" in obs["text"][1]
     finally:
         envs.close()
+
+
+def test_system_prompt_can_be_replaced(tiny_tasks, memory_backend) -> None:
+    """A model trained on a short system prompt is evaluated on that same prompt."""
+    default = make(tiny_tasks, memory_backend)
+    _, info = default.reset(seed=0)
+    assert info["messages"][0]["content"][0]["text"] == default.dialect.system_prompt()
+    short = make(tiny_tasks, memory_backend, system_prompt="Answer briefly.")
+    _, info = short.reset(seed=0)
+    assert info["messages"][0] == {"role": "system", "content": [{"type": "text", "text": "Answer briefly."}]}
+    with pytest.raises(ConfigError, match="system_prompt"):
+        make(tiny_tasks, memory_backend, system_prompt=["not", "text"])

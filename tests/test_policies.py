@@ -30,6 +30,7 @@ from mmsearch_gym.policies import (
     RandomPolicy,
     Step,
     make_policy,
+    text_only_content,
 )
 from mmsearch_gym.tasks import Task, TaskSet
 
@@ -331,3 +332,15 @@ def test_world_direct_knows_only_what_it_sees(world_tasks) -> None:
     for category, rows in results.items():
         assert all(not searched and fmt == 1.0 for _, searched, fmt in rows)
         assert all(correct == (category == "search_free") for correct, _, _ in rows), category
+
+
+def test_text_only_content_puts_placeholders_where_the_images_were() -> None:
+    image = {"type": "image", "image": None}
+    result = [{"type": "text", "text": "<information>\n1. "}, image, {"type": "text", "text": " Flag of Peru\n2. "},
+              image, {"type": "text", "text": " Flag of Chad\n</information>"}]
+    assert text_only_content(result) == "<information>\n1. [image] Flag of Peru\n2. [image] Flag of Chad\n</information>"
+    # the task image before the question: joined by a newline rather than run together
+    assert text_only_content([image, {"type": "text", "text": "Question: which?"}], "<pic>") == "<pic>\nQuestion: which?"
+    assert text_only_content("plain") == "plain"
+    # markers without their images (or images without markers) stay as plain words
+    assert text_only_content([{"type": "text", "text": "1. <image> x"}]) == "1. [image] x"

@@ -49,6 +49,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="reward preset (default: the env's, or the one matching --dialect)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="env_set",
                         help="another env override, JSON value (e.g. --set max_turns=5 --set top_k=3)")
+    parser.add_argument("--policy-set", action="append", default=[], metavar="KEY=VALUE", dest="policy_set",
+                        help="a policy option, JSON value (e.g. --policy-set max_new_tokens=64 for transformers:)")
     add_run_options(parser)
     parser.add_argument("--json", metavar="PATH", default=None, help="write the table as JSON")
     parser.add_argument("--markdown", metavar="PATH", default=None, help="write the table as Markdown")
@@ -59,17 +61,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="store task-image and result thumbnails in the trajectories (for render)")
 
 
-def env_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The env kwargs the flags ask for (JSON values only, so workers and replays can rebuild it)."""
-    overrides: dict[str, Any] = {}
-    for pair in getattr(args, "env_set", []) or []:
+def parse_pairs(pairs: list[str], flag: str) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs as a dict; a value is read as JSON, else kept as the plain string."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
-            raise ConfigError(f"--set takes KEY=VALUE, got {pair!r}")
+            raise ConfigError(f"{flag} takes KEY=VALUE, got {pair!r}")
         try:
-            overrides[key] = json.loads(raw)
+            out[key] = json.loads(raw)
         except json.JSONDecodeError:
-            overrides[key] = raw
+            out[key] = raw
+    return out
+
+
+def env_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The env kwargs the flags ask for (JSON values only, so workers and replays can rebuild it)."""
+    overrides = parse_pairs(getattr(args, "env_set", []) or [], "--set")
     if getattr(args, "split", None):
         overrides["tasks"] = f"world:{args.split}"
     if getattr(args, "tasks", None):
@@ -93,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
 
     report = evaluate(args.env, args.policy, episodes=args.episodes, workers=args.workers, seed=args.seed,
                       trajectories=args.trajectories, progress=not args.no_progress, batch_size=args.batch_size,
-                      embed_images=args.embed_images, **env_overrides(args))
+                      embed_images=args.embed_images, policy_kwargs=parse_pairs(args.policy_set, "--policy-set"),
+                      **env_overrides(args))
     print(report.to_text(), end="")
     print(f"{len(report.results)} episodes in {report.wall_s:.1f} s with {args.workers} worker(s)", file=sys.stderr)
     if args.json:

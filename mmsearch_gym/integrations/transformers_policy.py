@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from mmsearch_gym.errors import ConfigError
-from mmsearch_gym.policies import cut_at_stop, interleave_images
+from mmsearch_gym.policies import cut_at_stop, interleave_images, text_only_content
 
 if TYPE_CHECKING:
     from mmsearch_gym.policies import EpisodeView
@@ -58,16 +58,6 @@ def make_stop_criteria(tokenizer: Any, stops: Sequence[Sequence[str]], prompt_le
             return torch.tensor(done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
 
     return _StopOnClosingTag()
-
-
-def _join(pieces: Any) -> str:
-    """Concatenate text pieces, with a newline where two would otherwise run together."""
-    out = ""
-    for piece in pieces:
-        if out and piece and not out[-1].isspace() and not piece[0].isspace():
-            out += "\n"
-        out += piece
-    return out
 
 
 class TransformersPolicy:
@@ -184,23 +174,21 @@ class TransformersPolicy:
             content = message.get("content")
             if isinstance(content, str):
                 content = [{"type": "text", "text": content}]
+            if not self.is_vlm:
+                messages.append({"role": message["role"],
+                                 "content": text_only_content(content or [], self.image_placeholder)})
+                continue
             blocks = []
             for block in interleave_images(content or []):
                 if block.get("type") == "image" and block.get("image") is not None:
-                    if self.is_vlm:
-                        images.append(self._fit(block["image"]))
-                        blocks.append({"type": "image"})
-                    else:
-                        blocks.append({"type": "text", "text": self.image_placeholder})
+                    images.append(self._fit(block["image"]))
+                    blocks.append({"type": "image"})
                 elif block.get("type") == "text":
                     text = str(block["text"])
                     if self.image_token:  # a literal placeholder in text would eat an image slot
                         text = text.replace(self.image_token, self.image_placeholder)
                     blocks.append({"type": "text", "text": text})
-            if self.is_vlm:
-                messages.append({"role": message["role"], "content": blocks})
-            else:
-                messages.append({"role": message["role"], "content": _join(b["text"] for b in blocks)})
+            messages.append({"role": message["role"], "content": blocks})
         return messages, images
 
     def prompt(self, episode: EpisodeView) -> tuple[str, list[Image.Image]]:

@@ -57,6 +57,7 @@ from mmsearch_gym.actions import (Dialect, ImageSearch, Invalid, Region, TextSea
 from mmsearch_gym.env import MMSearchEnv
 from mmsearch_gym.errors import ConfigError, DataError
 from mmsearch_gym.reward import RewardBreakdown
+from mmsearch_gym.policies import text_only_content
 from mmsearch_gym.search.base import MemoryBackend
 from mmsearch_gym.tasks import SEARCH_FREE, TaskSet
 
@@ -85,7 +86,7 @@ def _clone_env(env: MMSearchEnv, tasks: TaskSet | None = None) -> MMSearchEnv:
         grounder=env.grounder, max_turns=env.max_turns, image_search_budget=env.image_search_budget,
         text_search_budget=env.text_search_budget, top_k=env.top_k, on_invalid=env.on_invalid,
         image_size=env.image_size, min_crop_side=env.min_crop_side,
-        max_text_length=env.max_text_length,
+        max_text_length=env.max_text_length, system_prompt=env.system_prompt,
     )
 
 
@@ -237,7 +238,8 @@ def to_dataset(source: TaskSet | str, split: str | None = None, dialect: str | D
     for index in order:
         task = tasks[index]
         _, info = renderer.reset(options={"task_index": index})
-        user_text = _text_of(info["messages"][1]["content"]) if route == "rollout" else ""
+        content = info["messages"][1]["content"]
+        user_text = "" if route != "rollout" else _text_of(content) if images else text_only_content(content)
         rows["prompt"].append([
             {"role": "system", "content": system},
             {"role": "user", "content": user_text, "task_id": task.id},
@@ -388,7 +390,7 @@ class MMSearchRollout:
             ep.breakdown = info["reward_breakdown"]
             self._close(ep, tokenizer, finished=True)
             return
-        result = _text_of(info["messages"][-1]["content"])
+        result = text_only_content(info["messages"][-1]["content"])  # as SFT renders recorded results
         glue = _tool_turn_ids(processing, result, ends_with_eos=bool(ids) and ids[-1] == tokenizer.eos_token_id)
         if len(ep.completion_ids) + len(glue) >= budget:
             self._close(ep, tokenizer, finished=False)
@@ -697,7 +699,8 @@ class MMSearchToolEnv:
         self.observations = []
         self.tool_calls = {"image_search": 0, "text_search": 0}
         self.final_text = None
-        return _text_of(info["messages"][1]["content"])
+        content = info["messages"][1]["content"]  # a VLM gets the image from the dataset's column
+        return _text_of(content) if type(self)._vision else text_only_content(content)
 
     def text_search(self, query: str) -> str:
         """Search the web for text and return summaries of the top pages.
@@ -740,7 +743,7 @@ class MMSearchToolEnv:
         last = info["messages"][-1]
         if last["role"] != "user":  # the env ended the episode without a result turn
             return "The episode is over. Give your final answer as <answer>answer</answer>."
-        result = _strip_tool_response(_text_of(last["content"]))
+        result = _strip_tool_response(text_only_content(last["content"]))  # as SFT renders recorded results
         self.observations.append(result)
         images = [b["image"] for b in last["content"] if b.get("type") == "image" and b.get("image") is not None]
         if image_results and type(self)._vision and images:
@@ -918,7 +921,8 @@ def trajectory_messages(trajectory: Any, renderer: MMSearchEnv, *, route: str = 
     """
     dialect = renderer.dialect
     _, info = renderer.reset(options={"task_id": trajectory.task_id})
-    user_text = _text_of(info["messages"][1]["content"])
+    content = info["messages"][1]["content"]
+    user_text = _text_of(content) if vision else text_only_content(content)
     images: list[Image.Image] = []
     task_blocks: list[dict[str, Any]] = []
     if vision:

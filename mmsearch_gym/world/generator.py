@@ -354,10 +354,18 @@ class TaskGenerator:
         raise DataError(f"could not generate a valid {category} task for {split}/{seed}/{index}; "
                         "the world data may be too small")
 
-    def recipes(self, split: str, n: int, seed: int = 0, *, progress: bool = False) -> list[dict[str, Any]]:
+    def recipes(self, split: str, n: int, seed: int = 0, *, progress: bool = False,
+                categories: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """The first ``n`` recipes of ``split`` under ``seed`` (only of ``categories``, if given).
+
+        Task ``i`` has category ``CATEGORIES[i % 5]``, so the tasks of some categories are
+        exactly those of the unfiltered set, by the same ids.
+        """
         if n < 0:
             raise ConfigError(f"n must be >= 0, got {n}")
-        indices: Any = range(n)
+        wanted = _check_categories(categories)
+        cycle = [i for i, category in enumerate(CATEGORIES) if category in wanted]
+        indices: Any = [len(CATEGORIES) * (k // len(cycle)) + cycle[k % len(cycle)] for k in range(n)]
         if progress:
             from tqdm import tqdm
             indices = tqdm(indices, desc=f"generating {split} tasks", unit="task")
@@ -687,26 +695,41 @@ def read_recipes(path: Path) -> list[dict[str, Any]]:
     return recipes
 
 
-def load_tasks(split: str = "test", n: int | None = None, seed: int = 0) -> TaskSet:
+def load_tasks(split: str = "test", n: int | None = None, seed: int = 0,
+               categories: Sequence[str] | None = None) -> TaskSet:
     """The built-in world's tasks.
 
     ``"test"``: the shipped fixed split (1,000 tasks, 200 per category; the first ``n`` if
     given; ``seed`` is ignored). ``"train"``: ``n`` tasks (default 2,000) generated from
-    ``seed`` on entities disjoint from the test split's. Images render lazily on
-    ``task.load_image()``.
+    ``seed`` on entities disjoint from the test split's. ``categories`` keeps only tasks of
+    those categories (``n`` then counts those). Images render lazily on ``task.load_image()``.
     """
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise ConfigError(f"n must be a positive int or None, got {n!r}")
+    wanted = _check_categories(categories)
+    suffix = "" if categories is None else "[" + ",".join(c for c in CATEGORIES if c in wanted) + "]"
     if split == "test":
-        recipes = read_recipes(TEST_SPLIT_PATH)
+        recipes = [r for r in read_recipes(TEST_SPLIT_PATH) if r["category"] in wanted]
         if n is not None:
             recipes = recipes[:n]
-        return TaskSet([task_from_recipe(r) for r in recipes], name="world-test")
+        return TaskSet([task_from_recipe(r) for r in recipes], name="world-test" + suffix)
     if split == "train":
         count = DEFAULT_TRAIN_SIZE if n is None else n
-        recipes = _generator().recipes("train", count, seed)
-        return TaskSet([task_from_recipe(r) for r in recipes], name=f"world-train-s{seed}")
+        recipes = _generator().recipes("train", count, seed, categories=categories)
+        return TaskSet([task_from_recipe(r) for r in recipes], name=f"world-train-s{seed}{suffix}")
     raise ConfigError(f"unknown split {split!r}; the world has 'train' (generated) and 'test' (shipped)")
+
+
+def _check_categories(categories: Sequence[str] | None) -> set[str]:
+    """The set of categories asked for (all when ``None``); an unknown or empty list is an error."""
+    if categories is None:
+        return set(CATEGORIES)
+    if isinstance(categories, str):
+        categories = [categories]
+    unknown = sorted(set(categories) - set(CATEGORIES))
+    if unknown or not categories:
+        raise ConfigError(f"categories must be a non-empty list of {list(CATEGORIES)}, got {list(categories)!r}")
+    return set(categories)
 
 
 def write_test_split(path: Path = TEST_SPLIT_PATH, n: int = TEST_SPLIT_SIZE, seed: int = TEST_SPLIT_SEED) -> Path:

@@ -176,9 +176,12 @@ def test_to_dataset_prompts_are_the_envs() -> None:
         _, info = env.reset(options={"task_id": row["task_id"]})
         system, user = row["prompt"]
         assert system["content"] == env.dialect.system_prompt()
-        assert user["content"] == info["messages"][1]["content"][1]["text"]
+        # a text-only model reads the image as the placeholder, as TransformersPolicy shows it
+        assert user["content"] == "[image]\n" + info["messages"][1]["content"][1]["text"]
         assert user["task_id"] == row["task_id"]
     assert data[1]["answers"] == ["Paris"] and data[2]["category"] == "search_free"
+    with_images = T.to_dataset(env.tasks, images=True)
+    assert with_images[0]["prompt"][1]["content"] == data[0]["prompt"][1]["content"].removeprefix("[image]\n")
 
 
 def test_to_dataset_options() -> None:
@@ -354,6 +357,47 @@ def test_rollout_groups_share_a_task(sft_models: dict[str, Path]) -> None:
     assert len({id(ep.env) for ep in episodes}) == len(episodes)
 
 
+def test_eval_policy_sees_exactly_the_training_text(sft_models: dict[str, Path]) -> None:
+    """``mmsearch-gym eval --policy transformers:DIR`` shows a text-only model, turn by turn, the
+    very text the rollout trained it on, so greedy evaluation plays the same episodes."""
+    from mmsearch_gym.evaluate import evaluate
+    from mmsearch_gym.integrations.transformers_policy import TransformersPolicy
+    from mmsearch_gym.policies import EpisodeView
+
+    prompt = short_prompt("mmsearch-r1")
+    env = MMSearchEnv(make_tasks(), make_backend(), system_prompt=prompt)
+    model, tokenizer = load_tiny_model(sft_models["rollout"])
+    rollout = T.make_rollout_func(env, max_turn_tokens=24)
+    data = T.to_dataset(env.tasks, system_prompt=prompt)
+
+    def generate(batch: list[Any], max_new: int) -> list[tuple[list[int], None]]:
+        with torch.no_grad():
+            return T.hf_generate(model, tokenizer, batch, max_new, stops=rollout.dialect.stop_sequences,
+                                 generation_config=greedy)
+
+    greedy = model.generation_config.__class__(**{**model.generation_config.to_dict(), "do_sample": False,
+                                                  "temperature": None, "top_p": None, "top_k": None})
+    episodes = rollout.play(data["prompt"], tokenizer, generate, budget=128)
+    policy = TransformersPolicy(model, tokenizer, max_new_tokens=24)
+    searched = 0
+    for ep in episodes:
+        trained_on = tokenizer.decode(ep.prompt_ids + ep.completion_ids)
+        replay = MMSearchEnv(make_tasks(), make_backend(), system_prompt=prompt)
+        obs, info = replay.reset(options={"task_id": ep.task_id})
+        view = EpisodeView.start(obs, info, dialect=replay.dialect)
+        for turn in ep.turns:
+            shown, _ = policy.prompt(view)
+            assert trained_on.startswith(shown)  # the eval prompt is the training text so far
+            assert trained_on[len(shown):].startswith(turn)
+            obs, _, terminated, truncated, info = replay.step(turn)
+            view.record(turn, obs, info)
+            searched += info["action"].kind == "image_search"
+    assert searched > 0  # tool results were part of what was compared
+    report = evaluate(lambda: MMSearchEnv(make_tasks(), make_backend(), system_prompt=prompt), policy,
+                      progress=False)
+    assert [r.reward.reward for r in report.results] == [ep.breakdown.reward for ep in episodes]
+
+
 def test_rollout_rejects_foreign_prompts() -> None:
     rollout = T.make_rollout_func(make_env("mmsearch-r1"))
     with pytest.raises(DataError, match="task_id"):
@@ -420,9 +464,9 @@ def test_tool_env_steps_the_env() -> None:
     cls = T.make_tool_env_factory(make_env("tool-json", backend))
     environment = cls()
     question = environment.reset(task_id="t1", prompt=[], answers=["Paris"])
-    assert question.startswith("Question: What is the capital")
+    assert question.startswith("[image]\nQuestion: What is the capital")  # text-only: the placeholder
     first = environment.image_search()
-    assert first.startswith("<information>") and "Flag of France" in first
+    assert first.startswith("<information>") and "[image] Flag of France" in first
     second = environment.text_search("france capital")
     assert "Capital: Paris." in second
     assert environment.steps == 2 and backend.calls == [("image", None), ("text", "france capital")]
@@ -434,7 +478,7 @@ def test_tool_env_steps_the_env() -> None:
     feedback = environment.image_search(x1=10)
     assert "invalid" in feedback.lower() and environment.tool_calls["image_search"] == 0
     vision = T.make_tool_env_factory(make_env("tool-json"), vision=True)()
-    vision.reset(task_id="t0")
+    assert vision.reset(task_id="t0").startswith("Question:")  # a VLM gets the image itself
     blocks = vision.image_search(x1=200, y1=20, x2=300, y2=90)
     assert blocks[0]["type"] == "text" and [b["type"] for b in blocks[1:]] == ["image"]
 

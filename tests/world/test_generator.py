@@ -69,6 +69,20 @@ def test_shipped_split_is_balanced_and_loads(shipped: list[dict]) -> None:
     assert len(load_tasks("test", n=25)) == 25
 
 
+def test_load_tasks_by_category() -> None:
+    """``categories`` keeps those categories; ``n`` then counts them, and the tasks (ids and
+    recipes) are exactly those of the unfiltered set."""
+    two = ["image_search", "crop"]
+    test = load_tasks("test", n=7, categories=two)
+    assert len(test) == 7 and {t.category for t in test} == set(two) and test.name == "world-test[image_search,crop]"
+    assert [t.id for t in test] == [t.id for t in load_tasks("test") if t.category in two][:7]
+    train = load_tasks("train", n=6, seed=3, categories=["search_free"])
+    assert [t.id for t in train] == [t.id for t in load_tasks("train", n=30, seed=3) if t.category == "search_free"]
+    for bad in (["monuments"], []):
+        with pytest.raises(ConfigError, match="categories"):
+            load_tasks("test", categories=bad)
+
+
 def test_shipped_split_matches_the_generator(generator: TaskGenerator, shipped: list[dict]) -> None:
     """The shipped file is what the generator makes from the current world (else regenerate
     it with `python -m mmsearch_gym.world.generator --write-test-split`)."""
