@@ -56,8 +56,8 @@ from mmsearch_gym.actions import (Dialect, ImageSearch, Invalid, Region, TextSea
                                   get_dialect)
 from mmsearch_gym.env import MMSearchEnv
 from mmsearch_gym.errors import ConfigError, DataError
-from mmsearch_gym.reward import RewardBreakdown
 from mmsearch_gym.policies import text_only_content
+from mmsearch_gym.reward import RewardBreakdown
 from mmsearch_gym.search.base import MemoryBackend
 from mmsearch_gym.tasks import SEARCH_FREE, TaskSet
 
