@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from fixture_world import scene_png, thumb_png
-from mmsearch_gym.search.base import Hit, MemoryBackend
+from fixture_world import france_backend, scene_png
+from mmsearch_gym.search.base import MemoryBackend
 from mmsearch_gym.tasks import SceneObject, Task, TaskSet
 
 
@@ -35,10 +35,4 @@ def tiny_tasks() -> TaskSet:
 
 @pytest.fixture
 def memory_backend() -> MemoryBackend:
-    flag = Hit("Flag of France", "https://example.org/flag/fr", "The flag of France.", 1.0, "memory",
-               thumbnail=thumb_png((0, 0, 255)))
-    return MemoryBackend(
-        text={"france capital": [Hit("France", "https://example.org/fr", "France. Capital: Paris.", 2.0, "memory")]},
-        default_text_hits=[Hit("Nothing", "https://example.org/none", "No match.", 0.1, "memory")],
-        default_image_hits=[flag],
-    )
+    return france_backend()

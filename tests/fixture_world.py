@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from PIL import Image, ImageDraw
 
-from mmsearch_gym.search.base import Hit
+from mmsearch_gym.search.base import Hit, MemoryBackend
 from mmsearch_gym.tasks import SceneObject, Task, TaskSet
 
 def scene_png(color: tuple[int, int, int], size: tuple[int, int] = (320, 240)) -> bytes:
@@ -55,6 +55,17 @@ class CapitalReader:
     def answer_from_scene(self, question: str, objects: Sequence[SceneObject], *args: object,
                           **kwargs: object) -> str | None:
         return str(len(objects)) if question.lower().startswith("how many") else None
+
+
+def france_backend() -> MemoryBackend:
+    """Canned results: any image search finds the flag of France, "france capital" finds Paris."""
+    flag = Hit("Flag of France", "https://example.org/flag/fr", "The flag of France.", 1.0, "memory",
+               thumbnail=thumb_png((0, 0, 255)))
+    return MemoryBackend(
+        text={"france capital": [Hit("France", "https://example.org/fr", "France. Capital: Paris.", 2.0, "memory")]},
+        default_text_hits=[Hit("Nothing", "https://example.org/none", "No match.", 0.1, "memory")],
+        default_image_hits=[flag],
+    )
 
 
 def planned(tasks: TaskSet, copies: int = 1) -> TaskSet:

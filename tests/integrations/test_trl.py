@@ -28,10 +28,10 @@ from mmsearch_gym.env import MMSearchEnv  # noqa: E402
 from mmsearch_gym.errors import ConfigError, DataError  # noqa: E402
 from mmsearch_gym.integrations import trl as T  # noqa: E402
 from mmsearch_gym.integrations.tiny_models import TAG_TOKENS, load_tiny_model  # noqa: E402
-from mmsearch_gym.search.base import Hit, MemoryBackend  # noqa: E402
+from mmsearch_gym.search.base import MemoryBackend  # noqa: E402
 from mmsearch_gym.tasks import SceneObject, Task, TaskSet  # noqa: E402
 
-from fixture_world import scene_png, thumb_png  # noqa: E402
+from fixture_world import france_backend, scene_png  # noqa: E402
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
@@ -62,13 +62,7 @@ def make_tasks() -> TaskSet:
 
 
 def make_backend() -> MemoryBackend:
-    flag = Hit("Flag of France", "https://example.org/flag/fr", "The flag of France.", 1.0, "memory",
-               thumbnail=thumb_png((0, 0, 255)))
-    return MemoryBackend(
-        text={"france capital": [Hit("France", "https://example.org/fr", "France. Capital: Paris.", 2.0, "memory")]},
-        default_text_hits=[Hit("Nothing", "https://example.org/none", "No match.", 0.1, "memory")],
-        default_image_hits=[flag],
-    )
+    return france_backend()
 
 
 class TinyReader:
