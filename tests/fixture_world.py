@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 from PIL import Image, ImageDraw
 
+from mmsearch_gym.env import MMSearchEnv
+from mmsearch_gym.policies import EpisodeView, Policy
 from mmsearch_gym.search.base import Hit, MemoryBackend
 from mmsearch_gym.tasks import SceneObject, Task, TaskSet
 
@@ -75,3 +77,21 @@ def planned(tasks: TaskSet, copies: int = 1) -> TaskSet:
     return TaskSet([Task(task_id(t, c), t.question, t.answers, category=t.category, objects=t.objects,
                          image_bytes=t.image_bytes, meta={"oracle_plan": PLANS[t.id]})
                     for c in range(copies) for t in tasks], name="planned")
+
+
+def start_episode(env: MMSearchEnv, index: int, seed: int | None = None) -> EpisodeView:
+    """Reset ``env`` on task ``index`` and open the policy's view of the episode."""
+    obs, info = env.reset(seed=seed, options={"task_index": index})
+    return EpisodeView.start(obs, info, dialect=env.dialect)
+
+
+def play_policy(env: MMSearchEnv, policy: Policy, index: int,
+                seed: int | None = None) -> tuple[EpisodeView, float, dict]:
+    """Play one episode of task ``index`` with ``policy``: ``(view, final reward, final info)``."""
+    view = start_episode(env, index, seed)
+    while True:
+        [text] = policy.act([view])
+        obs, reward, terminated, truncated, info = env.step(text)
+        view.record(text, obs, info)
+        if terminated or truncated:
+            return view, float(reward), info

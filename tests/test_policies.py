@@ -34,20 +34,10 @@ from mmsearch_gym.policies import (
 )
 from mmsearch_gym.tasks import Task, TaskSet
 
-from fixture_world import CapitalReader, planned
+from fixture_world import CapitalReader, planned, play_policy
 
 DIALECTS = ("mmsearch-r1", "deepmmsearch-r1", "tool-json")
 
-
-def play(env: MMSearchEnv, policy: Policy, index: int, seed: int = 0) -> tuple[EpisodeView, float, dict]:
-    obs, info = env.reset(seed=seed, options={"task_index": index})
-    view = EpisodeView.start(obs, info, dialect=env.dialect)
-    while True:
-        [text] = policy.act([view])
-        obs, reward, terminated, truncated, info = env.step(text)
-        view.record(text, obs, info)
-        if terminated or truncated:
-            return view, float(reward), info
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,19 +97,19 @@ def test_direct_answers_without_searching(tiny_tasks, memory_backend) -> None:
     policy = DirectPolicy(tiny_tasks, reader=CapitalReader())
     answers = []
     for i in range(3):
-        view, reward, info = play(env, policy, i)
+        view, reward, info = play_policy(env, policy, i)
         assert len(view.steps) == 1 and isinstance(view.steps[0].action, Answer)
         assert info["reward_breakdown"].format == 1.0
         answers.append(view.steps[0].action.text)
     assert answers == [UNABLE_TO_ANSWER, UNABLE_TO_ANSWER, "1"]  # perception only for search_free
     assert memory_backend.calls == []
-    view, reward, _ = play(env, policy, 2)
+    view, reward, _ = play_policy(env, policy, 2)
     assert reward == pytest.approx(1.0)  # correct, no search, format ok
 
 
 def test_direct_without_tasks_cannot_perceive(tiny_tasks, memory_backend) -> None:
     env = MMSearchEnv(tiny_tasks, memory_backend)
-    view, _, _ = play(env, DirectPolicy(reader=CapitalReader()), 2)
+    view, _, _ = play_policy(env, DirectPolicy(reader=CapitalReader()), 2)
     assert view.steps[0].action == Answer(UNABLE_TO_ANSWER)
 
 
@@ -127,14 +117,14 @@ def test_direct_without_tasks_cannot_perceive(tiny_tasks, memory_backend) -> Non
 def test_rag_searches_image_then_text_then_answers(dialect, tiny_tasks, memory_backend) -> None:
     env = MMSearchEnv(tiny_tasks, memory_backend, dialect=dialect)
     policy = RAGPolicy(tiny_tasks, reader=CapitalReader())
-    view, reward, info = play(env, policy, 1)
+    view, reward, info = play_policy(env, policy, 1)
     kinds = [type(s.action) for s in view.steps]
     assert kinds == [ImageSearch, TextSearch, Answer]
     assert view.steps[1].action == TextSearch("France capital")  # built from the image hits
     assert view.steps[2].action == Answer("Paris")
     assert info["reward_breakdown"].format == 1.0 and reward > 0.5
     # search-free: still searches (search ratio 100%), then answers from perception
-    view, reward, info = play(env, policy, 2)
+    view, reward, info = play_policy(env, policy, 2)
     assert [type(s.action) for s in view.steps] == [ImageSearch, TextSearch, Answer]
     assert view.steps[-1].action == Answer("1") and reward > 0.5
 
@@ -145,7 +135,7 @@ def test_rag_answers_unable_when_the_reader_finds_nothing(tiny_tasks, memory_bac
             return None
 
     env = MMSearchEnv(tiny_tasks, memory_backend)
-    view, reward, _ = play(env, RAGPolicy(tiny_tasks, reader=Blind()), 1)
+    view, reward, _ = play_policy(env, RAGPolicy(tiny_tasks, reader=Blind()), 1)
     assert view.steps[-1].action == Answer(UNABLE_TO_ANSWER) and reward < 0.5
 
 
@@ -154,7 +144,7 @@ def test_oracle_follows_the_plan(dialect, tiny_tasks, memory_backend) -> None:
     tasks = planned(tiny_tasks)
     env = MMSearchEnv(tasks, memory_backend, dialect=dialect, grounder=AnnotationGrounder())
     policy = OraclePolicy(tasks, reader=CapitalReader())
-    view, reward, info = play(env, policy, 0)  # crop to the annotated flag, then answer
+    view, reward, info = play_policy(env, policy, 0)  # crop to the annotated flag, then answer
     assert [type(s.action) for s in view.steps] == [ImageSearch, Answer]
     assert view.steps[0].box == (200, 20, 300, 90)
     if dialect == "deepmmsearch-r1":
@@ -164,18 +154,18 @@ def test_oracle_follows_the_plan(dialect, tiny_tasks, memory_backend) -> None:
     assert view.steps[1].action == Answer("France") and info["reward_breakdown"].format == 1.0
     assert reward > 0.5
 
-    view, reward, info = play(env, policy, 1)
+    view, reward, info = play_policy(env, policy, 1)
     assert [s.action for s in view.steps[:2]] == [ImageSearch(), TextSearch("France capital")]
     assert view.steps[2].action == Answer("Paris") and reward > 0.5
 
-    view, reward, _ = play(env, policy, 2)  # search-free: answer at once from the scene
+    view, reward, _ = play_policy(env, policy, 2)  # search-free: answer at once from the scene
     assert [s.action for s in view.steps] == [Answer("1")] and reward == pytest.approx(1.0)
 
 
 def test_oracle_falls_back_to_a_pixel_box_without_a_grounder(tiny_tasks, memory_backend) -> None:
     tasks = planned(tiny_tasks)
     env = MMSearchEnv(tasks, memory_backend, dialect="deepmmsearch-r1")  # no grounder
-    view, _, _ = play(env, OraclePolicy(tasks, reader=CapitalReader()), 0)
+    view, _, _ = play_policy(env, OraclePolicy(tasks, reader=CapitalReader()), 0)
     assert isinstance(view.steps[0].action, Invalid)
     assert view.steps[1].box == (200, 20, 300, 90) and "<crop>" in view.steps[1].text
     assert isinstance(view.steps[-1].action, Answer)
@@ -189,14 +179,14 @@ def test_oracle_never_answers_with_the_gold(tiny_tasks, memory_backend) -> None:
     tasks = planned(tiny_tasks)
     env = MMSearchEnv(tasks, memory_backend)
     for i in (0, 1):
-        view, reward, _ = play(env, OraclePolicy(tasks, reader=Blind()), i)
+        view, reward, _ = play_policy(env, OraclePolicy(tasks, reader=Blind()), i)
         assert view.steps[-1].action == Answer(UNABLE_TO_ANSWER) and reward < 0.5
 
 
 def test_oracle_without_a_plan_plays_like_rag(tiny_tasks, memory_backend) -> None:
     env = MMSearchEnv(tiny_tasks, memory_backend)
-    oracle = play(env, OraclePolicy(tiny_tasks, reader=CapitalReader()), 1)[0]
-    rag = play(env, RAGPolicy(tiny_tasks, reader=CapitalReader()), 1)[0]
+    oracle = play_policy(env, OraclePolicy(tiny_tasks, reader=CapitalReader()), 1)[0]
+    rag = play_policy(env, RAGPolicy(tiny_tasks, reader=CapitalReader()), 1)[0]
     assert [s.text for s in oracle.steps] == [s.text for s in rag.steps]
 
 
@@ -228,7 +218,7 @@ def test_random_covers_every_kind_of_turn(tiny_tasks, memory_backend) -> None:
     kinds: set[str] = set()
     regions: set[str] = set()
     for seed in range(40):
-        view, _, _ = play(env, RandomPolicy(seed=seed), seed % 3)
+        view, _, _ = play_policy(env, RandomPolicy(seed=seed), seed % 3)
         for step in view.steps:
             kinds.add(step.action.kind)
             parsed = env.dialect.parse(step.text)
@@ -243,7 +233,7 @@ def test_random_covers_every_kind_of_turn(tiny_tasks, memory_backend) -> None:
 def test_random_episodes_always_end_cleanly(seed, dialect, index, tiny_tasks, memory_backend) -> None:
     # the fixtures are read-only here (the env resets per example), so sharing them is safe
     env = MMSearchEnv(tiny_tasks, memory_backend, dialect=dialect)
-    view, reward, info = play(env, RandomPolicy(seed=seed), index, seed=seed)
+    view, reward, info = play_policy(env, RandomPolicy(seed=seed), index, seed=seed)
     assert 1 <= len(view.steps) <= env.max_turns and 0.0 <= reward <= 1.0
     assert "reward_breakdown" in info
 
@@ -304,7 +294,7 @@ def world_run(tasks: TaskSet, spec: str, dialect: str) -> dict[str, list]:
     policy = make_policy(spec, tasks=tasks)
     out: dict[str, list] = {}
     for i in range(len(tasks)):
-        _, _, info = play(env, policy, i)
+        _, _, info = play_policy(env, policy, i)
         b = info["reward_breakdown"]
         out.setdefault(info["category"], []).append((b.raw_score > 0.5, b.searches > 0, b.format))
     return out

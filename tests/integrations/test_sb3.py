@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 pytest.importorskip("stable_baselines3")
 
+from fixture_world import play_policy
 from gymnasium.utils.env_checker import check_env as gymnasium_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
@@ -244,15 +245,8 @@ def test_short_ppo_run_saves_and_summarises(trained) -> None:
 
 
 def _play_policy(policy, tasks, backend, index: int, dialect: str = "mmsearch-r1"):
-    env = MMSearchEnv(tasks, backend, dialect=dialect)
-    obs, info = env.reset(options={"task_index": index})
-    view = EpisodeView.start(obs, info, dialect=env.dialect)
-    while True:
-        [text] = policy.act([view])
-        obs, reward, terminated, truncated, info = env.step(text)
-        view.record(text, obs, info)
-        if terminated or truncated:
-            return view, reward
+    view, reward, _ = play_policy(MMSearchEnv(tasks, backend, dialect=dialect), policy, index)
+    return view, reward
 
 
 @pytest.mark.parametrize("which", ["dir", "zip", "json", "zip-only"])

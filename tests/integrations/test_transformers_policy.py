@@ -21,7 +21,9 @@ from mmsearch_gym.actions import Answer, ImageSearch, TextSearch, get_dialect
 from mmsearch_gym.env import MMSearchEnv
 from mmsearch_gym.errors import ConfigError
 from mmsearch_gym.integrations.transformers_policy import TransformersPolicy, cut_at_stop, make_stop_criteria
-from mmsearch_gym.policies import EpisodeView, Policy, make_policy
+from mmsearch_gym.policies import Policy, make_policy
+
+from fixture_world import play_policy, start_episode
 
 TEMPLATES = Path(importlib.util.find_spec("trl").submodule_search_locations[0]) / "chat_templates"
 TAGS = ["<reason>", "</reason>", "<search>", "<img>", "</search>", "<text_search>", "</text_search>",
@@ -144,20 +146,6 @@ def vlm_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_vlm(tmp_path_factory.mktemp("tiny-vlm"))
 
 
-def start(env: MMSearchEnv, index: int) -> EpisodeView:
-    obs, info = env.reset(options={"task_index": index})
-    return EpisodeView.start(obs, info, dialect=env.dialect)
-
-
-def play(env: MMSearchEnv, policy: Policy, index: int) -> tuple[EpisodeView, float, dict]:
-    view = start(env, index)
-    while True:
-        [text] = policy.act([view])
-        obs, reward, terminated, truncated, info = env.step(text)
-        view.record(text, obs, info)
-        if terminated or truncated:
-            return view, float(reward), info
-
 
 # ---------------------------------------------------------------------------------------------
 # Stopping at closing tags
@@ -189,7 +177,7 @@ def test_stop_criteria_decide_per_row(bigram_path: Path) -> None:
 def test_generation_stops_each_sequence_at_its_dialects_closing_tag(bigram_path: Path, tiny_tasks,
                                                                     memory_backend) -> None:
     policy = TransformersPolicy.from_pretrained(bigram_path, max_new_tokens=40)
-    views = [start(MMSearchEnv(tiny_tasks, memory_backend, dialect=d), 1)
+    views = [start_episode(MMSearchEnv(tiny_tasks, memory_backend, dialect=d), 1)
              for d in ("mmsearch-r1", "deepmmsearch-r1", "tool-json")]
     texts = policy.act(views)
     assert texts == [
@@ -220,7 +208,7 @@ def test_text_lm_prompt_replaces_images_with_a_placeholder(lm_path: Path, tiny_t
     policy = TransformersPolicy.from_pretrained(lm_path)
     assert not policy.is_vlm and isinstance(policy, Policy) and policy.name == f"transformers:{lm_path}"
     env = MMSearchEnv(tiny_tasks, memory_backend)
-    view = start(env, 1)
+    view = start_episode(env, 1)
     text = "<reason>look</reason><search><img></search>"
     obs, _, _, _, info = env.step(text)
     view.record(text, obs, info)
@@ -235,7 +223,7 @@ def test_text_lm_prompt_replaces_images_with_a_placeholder(lm_path: Path, tiny_t
 def test_batched_greedy_matches_a_manual_decode(lm_path: Path, tiny_tasks, memory_backend) -> None:
     policy = TransformersPolicy.from_pretrained(lm_path, max_new_tokens=12)
     env = MMSearchEnv(tiny_tasks, memory_backend)
-    views = [start(env, i) for i in range(3)]
+    views = [start_episode(env, i) for i in range(3)]
     batch = policy.act(views)
     assert batch == [policy.act([v])[0] for v in views]  # left padding does not change greedy output
 
@@ -255,7 +243,7 @@ def test_batched_greedy_matches_a_manual_decode(lm_path: Path, tiny_tasks, memor
 
 def test_sampling_is_seeded_and_leaves_the_global_rng_alone(lm_path: Path, tiny_tasks, memory_backend) -> None:
     env = MMSearchEnv(tiny_tasks, memory_backend)
-    views = [start(env, i) for i in range(3)]
+    views = [start_episode(env, i) for i in range(3)]
     state = torch.random.get_rng_state()
     a = TransformersPolicy.from_pretrained(lm_path, max_new_tokens=10, temperature=1.0, seed=1).act(views)
     b = TransformersPolicy.from_pretrained(lm_path, max_new_tokens=10, temperature=1.0, seed=1).act(views)
@@ -266,7 +254,7 @@ def test_sampling_is_seeded_and_leaves_the_global_rng_alone(lm_path: Path, tiny_
 
 def test_a_random_lm_plays_whole_episodes(lm_path: Path, tiny_tasks, memory_backend) -> None:
     policy = TransformersPolicy.from_pretrained(lm_path, max_new_tokens=16, batch_size=2)
-    view, reward, info = play(MMSearchEnv(tiny_tasks, memory_backend), policy, 0)
+    view, reward, info = play_policy(MMSearchEnv(tiny_tasks, memory_backend), policy, 0)
     assert len(view.steps) == 3 and 0.0 <= reward <= 1.0 and "reward_breakdown" in info
     assert all(isinstance(s.text, str) for s in view.steps)
 
@@ -274,13 +262,13 @@ def test_a_random_lm_plays_whole_episodes(lm_path: Path, tiny_tasks, memory_back
 def test_a_scripted_lm_earns_the_reward(bigram_path: Path, tiny_tasks, memory_backend) -> None:
     policy = make_policy(f"transformers:{bigram_path}", max_new_tokens=40)
     assert isinstance(policy, TransformersPolicy)
-    view, reward, _ = play(MMSearchEnv(tiny_tasks, memory_backend, dialect="tool-json"), policy, 1)
+    view, reward, _ = play_policy(MMSearchEnv(tiny_tasks, memory_backend, dialect="tool-json"), policy, 1)
     assert [s.action for s in view.steps] == [Answer("paris")] and reward == pytest.approx(1.0)
-    view, reward, _ = play(MMSearchEnv(tiny_tasks, memory_backend), policy, 1)
+    view, reward, _ = play_policy(MMSearchEnv(tiny_tasks, memory_backend), policy, 1)
     assert view.steps[0].action == ImageSearch() and view.steps[0].hits  # a real search ran
     assert view.steps[1].action == ImageSearch() and len(view.steps) == 2  # over budget: truncated
     env = MMSearchEnv(tiny_tasks, memory_backend, dialect="deepmmsearch-r1", max_turns=4)
-    view, _, _ = play(env, policy, 1)  # <search><img></search> is no deepmmsearch-r1 tag
+    view, _, _ = play_policy(env, policy, 1)  # <search><img></search> is no deepmmsearch-r1 tag
     assert [s.action for s in view.steps] == [TextSearch("france")] * 4
 
 
@@ -308,13 +296,13 @@ def test_vlm_gets_every_image_with_one_placeholder_each(vlm_path: Path, tiny_tas
     policy = TransformersPolicy.from_pretrained(vlm_path, max_new_tokens=8)
     assert policy.is_vlm and policy.image_token == "<image>"
     env = MMSearchEnv(tiny_tasks, memory_backend)
-    view = start(env, 1)
+    view = start_episode(env, 1)
     text = "<reason>look</reason><search><img></search>"
     obs, _, _, _, info = env.step(text)
     view.record(text, obs, info)
     _messages, images = policy.chat(view)
     assert [im.size for im in images] == [(320, 240), (32, 24)]  # task image, then the thumbnail
-    batch = policy.encode([view, start(env, 0)])
+    batch = policy.encode([view, start_episode(env, 0)])
     assert tuple(batch["pixel_values"].shape[:2]) == (2, 2)  # 2 episodes, up to 2 images each
     image_id = policy.tokenizer.convert_tokens_to_ids("<image>")
     assert (batch["input_ids"] == image_id).sum(dim=1).tolist() == [2, 1]  # image_seq_len 1 per image
@@ -322,13 +310,13 @@ def test_vlm_gets_every_image_with_one_placeholder_each(vlm_path: Path, tiny_tas
         seen = policy.model(**batch).logits[:, -1]
         other = policy.model(**{**batch, "pixel_values": -batch["pixel_values"]}).logits[:, -1]
     assert not torch.allclose(seen, other)
-    out = policy.act([view, start(env, 0)])
+    out = policy.act([view, start_episode(env, 0)])
     assert len(out) == 2 and all(isinstance(t, str) for t in out)
 
 
 def test_vlm_plays_an_episode_end_to_end(vlm_path: Path, tiny_tasks, memory_backend) -> None:
     policy = make_policy(f"transformers:{vlm_path}", max_new_tokens=8)
-    view, reward, info = play(MMSearchEnv(tiny_tasks, memory_backend), policy, 2)
+    view, reward, info = play_policy(MMSearchEnv(tiny_tasks, memory_backend), policy, 2)
     assert 1 <= len(view.steps) <= 3 and "reward_breakdown" in info and 0.0 <= reward <= 1.0
 
 
@@ -338,4 +326,4 @@ def test_vlm_template_that_drops_images_is_refused(vlm_path: Path, tiny_tasks, m
                                       "{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
                                       "{% endfor %}{% endfor %}Assistant:")
     with pytest.raises(ConfigError, match="placeholders"):
-        policy.act([start(MMSearchEnv(tiny_tasks, memory_backend), 0)])
+        policy.act([start_episode(MMSearchEnv(tiny_tasks, memory_backend), 0)])
