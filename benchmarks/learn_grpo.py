@@ -78,19 +78,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from mmsearch_gym.actions import get_dialect
     from mmsearch_gym.evaluate import evaluate
     from mmsearch_gym.integrations import trl as T
-    from mmsearch_gym.integrations.tiny_models import load_tiny_model
+    from mmsearch_gym.integrations.tiny_models import load_tiny_model, pretrain_copying
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
     dialect = get_dialect("mmsearch-r1")
     system_prompt = "Answer the question. " + dialect.action_hint()
+    categories = args.categories
+    vision = args.kind == "vlm"
     train_env = T.env_factory("MMSearch-Train-v0", top_k=args.top_k, system_prompt=system_prompt,
-                              tasks={"world": "train", "n": args.train_pool, "seed": 0, "categories": CATEGORIES})
+                              tasks={"world": "train", "n": args.train_pool, "seed": 0, "categories": categories})
     train_tasks = train_env().tasks
     # held-out evaluation sets: the test split (countries never seen in training) and fresh tasks
     # of the train distribution (other scenes and questions over the training countries)
-    eval_sets = {"test": {"world": "test", "categories": CATEGORIES},
-                 "train_heldout": {"world": "train", "n": args.eval_tasks, "seed": 1, "categories": CATEGORIES}}
+    eval_sets = {"test": {"world": "test", "categories": categories},
+                 "train_heldout": {"world": "train", "n": args.eval_tasks, "seed": 1, "categories": categories}}
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="learn-grpo-"))
 
     # scripted baselines on the same held-out tasks, for scale
@@ -100,17 +102,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                  for set_name, spec in eval_sets.items()}
 
     t = time.perf_counter()
-    sft_data = T.build_sft_dataset(env=train_env, policy="oracle", episodes=args.sft_episodes, balance=0.5,
-                                   system_prompt=system_prompt, work_dir=work / "teacher", seed=0)
-    texts = [m["content"] for row in sft_data["messages"] for m in row]
+    sft_data = T.build_sft_dataset(env=train_env, policy=args.teacher, episodes=args.sft_episodes,
+                                   balance=0.5 if len(categories) > 1 else None, images=vision,
+                                   thumbnails=vision, system_prompt=system_prompt, work_dir=work / "teacher",
+                                   seed=0, progress=args.progress)
+    texts = [block["text"] if isinstance(block, dict) else block for row in sft_data["messages"] for m in row
+             for block in (m["content"] if isinstance(m["content"], list) else [m["content"]])
+             if not isinstance(block, dict) or block.get("type") == "text"]
     names: list[str] = []
     if args.entity_tokens:  # the world's country names as single tokens: copying one symbol
         from mmsearch_gym.world import load_knowledge
         names = [name for entity in load_knowledge().countries() for name in entity.answers]
-    model_dir = T.make_tiny_model(work / "init", tasks=train_tasks, texts=texts, size=args.size,
-                                  vocab_size=args.vocab_size, seed=0, extra_tokens=names)
+    model_dir = T.make_tiny_model(work / "init", kind=args.kind, tasks=train_tasks, texts=texts, size=args.size,
+                                  vocab_size=args.vocab_size, seed=0, extra_tokens=names,
+                                  image_side=args.image_side)
     model, tokenizer = load_tiny_model(model_dir)
+    if args.entity_swaps or args.copy_chats:
+        sft_data = augment_for_copying(sft_data, swaps=args.entity_swaps, copy_chats=args.copy_chats, seed=0)
     timings["data_and_model_s"] = time.perf_counter() - t
+    copy_curve: list[dict[str, float]] = []
+    if args.copy_pretrain_steps:
+        t = time.perf_counter()
+        copy_curve = pretrain_copying(model, T._tokenizer_of(tokenizer), steps=args.copy_pretrain_steps,
+                                      progress=args.progress)
+        timings["copy_pretrain_s"] = time.perf_counter() - t
+        print(f"copy pretraining: copy accuracy {copy_curve[-1]['copy_accuracy']:.3f}", flush=True)
 
     def evaluate_now(label: str) -> dict[str, Any]:
         """Save the model as it is now and evaluate it with ``mmsearch-gym eval`` on each set."""
@@ -118,6 +134,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         checkpoint = work / "checkpoints" / label
         model.save_pretrained(checkpoint)
         tokenizer.save_pretrained(checkpoint)
+        (checkpoint / "mmsearch_tiny.json").write_text((model_dir / "mmsearch_tiny.json").read_text())
         out: dict[str, Any] = {}
         for name, tasks_spec in eval_sets.items():
             argv = eval_argv(checkpoint, tasks_spec, work / f"eval-{label}-{name}.json", system_prompt, args)
@@ -127,8 +144,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             report = json.loads((work / f"eval-{label}-{name}.json").read_text(encoding="utf-8"))
             episodes = report.pop("per_episode")
             out[name] = {**{k: report[k] for k in REPORT_KEYS}, "per_category": report["per_category"],
-                         "examples": [e for c in CATEGORIES for e in episodes if e["category"] == c][:2]
-                         + [e for e in episodes if e["category"] == CATEGORIES[0]][:2],
+                         "examples": [e for c in categories for e in episodes if e["category"] == c][:2]
+                         + [e for e in episodes if e["category"] == categories[0]][:2],
                          "command": "mmsearch-gym " + shlex.join(argv)}
         timings[f"eval_{label}_s"] = time.perf_counter() - t0
         return out
@@ -158,7 +175,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         losses = [{"step": int(log["step"]), "loss": log["loss"]} for log in sft_log.logs if "loss" in log]
         return {"evaluations": evaluations, "timings_s": timings, "sft_loss_curve": losses}
     t = time.perf_counter()
-    grpo_data = T.to_dataset(train_tasks, shuffle=True, seed=2, system_prompt=system_prompt)
+    grpo_data = T.to_dataset(train_tasks, shuffle=True, seed=2, system_prompt=system_prompt, images=vision)
     grpo_log = _log_callback()
     grpo = T.make_grpo_trainer(model, tokenizer, train_env, grpo_data, route="rollout", output_dir=work / "grpo",
                                max_turn_tokens=args.max_turn_tokens, callbacks=[grpo_log], args={
@@ -182,7 +199,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "learn_grpo",
         "config": {k: v for k, v in vars(args).items()
                    if k not in ("work_dir", "progress", "out", "save_sft", "load_sft")},
-        "categories": CATEGORIES,
+        "categories": categories,
         "dialect": dialect.name,
         "system_prompt": system_prompt,
         "model": {"size": args.size, "parameters": sum(p.numel() for p in model.parameters()),
@@ -191,11 +208,62 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "eval_tasks": {name: args.eval_tasks for name in eval_sets},
         "baselines_on_eval_tasks": baselines,
         "evaluations": evaluations,
+        "copy_pretrain_curve": copy_curve,
         "sft_loss_curve": [{"step": int(log["step"]), "loss": log["loss"]} for log in sft_log.logs if "loss" in log],
         "grpo_curve": curve,
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "torch_threads": args.threads},
     }
+
+
+def augment_for_copying(data: Any, *, swaps: int, copy_chats: int, seed: int) -> Any:
+    """SFT rows that make reading the answer from the results the only way to it.
+
+    * ``swaps`` counterfactual copies of each image_search chat: the country's name is replaced,
+      in the result turn and in the answer, by another training country's, so the result
+      description no longer tells the name and memorising description -> name does not pay;
+    * ``copy_chats`` chats "Repeat: w1 .. wn" -> "w1 .. wn" over the world's country names and
+      a few common words, so SFT keeps the copying that ``pretrain_copying`` grew instead of
+      overwriting it (SFT alone takes copy accuracy on random strings from 1.0 to 0.01).
+
+    Swaps use training names only, but the copy chats name every country, test ones included,
+    as bare symbols (no flag, no description): a stand-in for a pretrained LM that has read the
+    names. That is why the README reports runs with these options as experiments, not as the
+    learning proof. Copy chats drawn from random vocabulary tokens instead did not help.
+    """
+    import random
+
+    import datasets
+
+    rng = random.Random(seed)
+    rows = list(data)
+    found = [(row, _answer(row["messages"][-1]["content"])) for row in rows if row["category"] == "image_search"]
+    names = sorted({name for _, name in found if name})
+    for row, name in found:
+        for other in rng.sample([n for n in names if n != name], min(swaps, len(names) - 1)) if name else []:
+            messages = [dict(m) for m in row["messages"]]
+            for message in messages[-2:]:  # the search result and the answer turn
+                message["content"] = message["content"].replace(name, other)
+            rows.append({**row, "messages": messages})
+    if copy_chats:
+        from mmsearch_gym.world import load_knowledge
+
+        words = [name for entity in load_knowledge().countries() for name in entity.answers] + _COMMON_WORDS
+        system = rows[0]["messages"][0]
+        for _ in range(copy_chats):
+            text = " ".join(rng.choice(words) for _ in range(rng.randint(3, 8)))
+            rows.append({**rows[0], "category": "copy", "messages": [
+                system, {"role": "user", "content": "Repeat: " + text}, {"role": "assistant", "content": text}]})
+    return datasets.Dataset.from_list(rows).shuffle(seed=seed)
+
+
+_COMMON_WORDS = ["red", "blue", "green", "flag", "star", "cross", "the", "of", "and", "with", "yellow", "white",
+                 "black"]
+
+
+def _answer(turn: str) -> str | None:
+    start, end = turn.find("<answer>"), turn.find("</answer>")
+    return turn[start + len("<answer>"):end] if 0 <= start < end else None
 
 
 def eval_argv(checkpoint: Path, tasks_spec: dict[str, Any], out: Path, system_prompt: str,
@@ -255,6 +323,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run with tiny budgets")
     parser.add_argument("--size", default="tiny", help="tiny model size (tiny, small, base)")
+    parser.add_argument("--kind", default="text", choices=("text", "vlm"),
+                        help="a text-only Qwen2 or a tiny Qwen2.5-VL that sees the images")
+    parser.add_argument("--image-side", type=int, default=56, help="a VLM sees each image at about this side²")
+    parser.add_argument("--categories", nargs="+", default=CATEGORIES, help="task categories to train and test on")
+    parser.add_argument("--copy-pretrain-steps", type=int, default=0,
+                        help="first teach the random model to copy on random token strings (no task data)")
+    parser.add_argument("--entity-swaps", type=int, default=0,
+                        help="counterfactual copies of each image_search SFT chat with another country's name")
+    parser.add_argument("--copy-chats", type=int, default=0, help="'Repeat: ...' chats mixed into SFT")
+    parser.add_argument("--teacher", default="oracle", help="policy whose episodes the SFT cold start imitates")
     parser.add_argument("--vocab-size", type=int, default=1024)
     parser.add_argument("--train-pool", type=int, default=3000, help="train-split tasks of CATEGORIES that SFT and GRPO draw from")
     parser.add_argument("--sft-episodes", type=int, default=1200)
@@ -281,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.sft_episodes, args.sft_steps, args.grpo_steps, args.eval_tasks, args.train_pool = 60, 20, 3, 32, 300
+        args.copy_pretrain_steps, args.copy_chats = min(args.copy_pretrain_steps, 20), min(args.copy_chats, 40)
+    if args.kind == "vlm" and (args.entity_swaps or args.copy_chats or args.copy_pretrain_steps):
+        parser.error("--kind vlm takes --entity-swaps 0 --copy-chats 0 --copy-pretrain-steps 0 (text-only augmentations)")
     result = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.grpo_steps == 0:

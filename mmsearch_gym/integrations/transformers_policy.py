@@ -127,7 +127,6 @@ class TransformersPolicy:
         on CPU, the checkpoint's dtype elsewhere. Other kwargs go to the constructor.
         """
         import torch
-        from transformers import AutoModelForCausalLM, AutoProcessor, AutoTokenizer
 
         where = str(path)
         if Path(where).expanduser().exists():
@@ -140,23 +139,14 @@ class TransformersPolicy:
             dtype = getattr(torch, dtype)
         if dtype is None:
             dtype = torch.float32 if str(device).startswith("cpu") else "auto"
-        try:
-            processor = AutoProcessor.from_pretrained(where, trust_remote_code=trust_remote_code)
-        except (OSError, ValueError, TypeError, KeyError, ImportError):
-            # e.g. a VLM processor that wants torchvision for video: build the processor
-            # yourself (an image-only subclass) and use TransformersPolicy(model, processor)
-            processor = None
-        try:
-            if processor is not None and getattr(processor, "image_processor", None) is not None:
-                from transformers import AutoModelForImageTextToText
-                model = AutoModelForImageTextToText.from_pretrained(
-                    where, dtype=dtype, trust_remote_code=trust_remote_code)
-            else:
-                if processor is None or getattr(processor, "tokenizer", None) is not None:
-                    processor = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
-                model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, trust_remote_code=trust_remote_code)
-        except OSError as err:
-            raise ConfigError(f"cannot load a model from {where}: {err}") from err
+        if (Path(where) / "mmsearch_tiny.json").exists():  # a tiny model (its VLM processor is image-only)
+            from mmsearch_gym.integrations.tiny_models import load_tiny_model
+
+            model, processor = load_tiny_model(where)
+            if isinstance(dtype, torch.dtype):
+                model.to(dtype)  # type: ignore[arg-type]
+        else:
+            model, processor = _load_hf(where, dtype, trust_remote_code)
         model.to(device)  # type: ignore[arg-type]
         kwargs.setdefault("name", f"transformers:{path}")
         return cls(model, processor, **kwargs)
@@ -294,3 +284,32 @@ class TransformersPolicy:
     def __repr__(self) -> str:
         kind = "VLM" if self.is_vlm else "LM"
         return f"TransformersPolicy({self.name!r}, {kind}, max_new_tokens={self.max_new_tokens})"
+
+
+def _load_hf(where: str, dtype: Any, trust_remote_code: bool) -> tuple[Any, Any]:
+    """``(model, processor)`` from a transformers directory or hub id: a VLM with its processor,
+    else a causal LM with its tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoProcessor, AutoTokenizer
+
+    try:
+        processor = AutoProcessor.from_pretrained(where, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError, KeyError, ImportError):
+        # e.g. a VLM processor that wants torchvision for video: build the processor
+        # yourself (an image-only subclass) and use TransformersPolicy(model, processor)
+        processor = None
+    try:
+        if processor is not None and getattr(processor, "image_processor", None) is not None:
+            from transformers import AutoModelForImageTextToText
+            model = AutoModelForImageTextToText.from_pretrained(
+                where, dtype=dtype, trust_remote_code=trust_remote_code)
+        else:
+            if processor is None or getattr(processor, "tokenizer", None) is not None:
+                processor = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, trust_remote_code=trust_remote_code)
+    except ValueError as err:  # e.g. a VLM whose processor could not be loaded above
+        raise ConfigError(f"cannot load {where} as a causal LM ({err.__class__.__name__}); for a VLM "
+                          "whose processor needs torchvision, build an image-only processor and use "
+                          "TransformersPolicy(model, processor)") from None
+    except OSError as err:
+        raise ConfigError(f"cannot load a model from {where}: {err}") from err
+    return model, processor

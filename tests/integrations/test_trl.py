@@ -657,3 +657,30 @@ def test_episode_metrics() -> None:
     assert metrics["mmsearch/image_search_calls"] == 0.5 and metrics["mmsearch/env_reward"] == pytest.approx(0.455)
     with pytest.raises(ConfigError):
         T.env_reward([], [])
+
+
+def test_tiny_vlm_plays_through_transformers_policy(tmp_path: Path) -> None:
+    """`mmsearch-gym eval --policy transformers:DIR` loads a tiny VLM (its processor is image-only)."""
+    from fixture_world import play_policy
+
+    from mmsearch_gym.integrations.transformers_policy import TransformersPolicy
+    from mmsearch_gym.policies import make_policy
+
+    path = T.make_tiny_model(tmp_path / "vlm", kind="vlm", tasks=make_tasks(), vocab_size=400, image_side=84)
+    policy = make_policy(f"transformers:{path}", max_new_tokens=6)
+    assert isinstance(policy, TransformersPolicy) and policy.is_vlm
+    assert policy.processor.image_processor.size["longest_edge"] == 84 * 84
+    backend = make_backend()
+    view, _, _ = play_policy(make_env("mmsearch-r1", backend), policy, 1)
+    assert view.steps  # the random model acted on the image (its text is whatever it is)
+
+
+def test_pretrain_copying_grows_induction(tmp_path: Path) -> None:
+    from mmsearch_gym.integrations.tiny_models import pretrain_copying
+
+    model, tokenizer = load_tiny_model(T.make_tiny_model(tmp_path / "lm", tasks=make_tasks(), vocab_size=400))
+    curve = pretrain_copying(model, tokenizer, steps=150, batch_size=32, span=12)
+    assert curve[0]["copy_accuracy"] < 0.1 and curve[-1]["copy_accuracy"] > 0.9
+    assert [p["step"] for p in curve][:2] == [0, 25] and curve[-1]["step"] == 149
+    with pytest.raises(ConfigError, match="span"):
+        pretrain_copying(model, tokenizer, steps=1, span=1)
