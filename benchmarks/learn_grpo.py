@@ -106,9 +106,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                    balance=0.5 if len(categories) > 1 else None, images=vision,
                                    thumbnails=vision, system_prompt=system_prompt, work_dir=work / "teacher",
                                    seed=0, progress=args.progress)
-    texts = [block["text"] if isinstance(block, dict) else block for row in sft_data["messages"] for m in row
-             for block in (m["content"] if isinstance(m["content"], list) else [m["content"]])
-             if not isinstance(block, dict) or block.get("type") == "text"]
+    texts = [T._text_of(m["content"]) for row in sft_data["messages"] for m in row]
     names: list[str] = []
     if args.entity_tokens:  # the world's country names as single tokens: copying one symbol
         from mmsearch_gym.world import load_knowledge
@@ -118,7 +116,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                   image_side=args.image_side)
     model, tokenizer = load_tiny_model(model_dir)
     if args.entity_swaps or args.copy_chats:
-        sft_data = augment_for_copying(sft_data, swaps=args.entity_swaps, copy_chats=args.copy_chats, seed=0)
+        sft_data = augment_for_copying(sft_data, dialect, swaps=args.entity_swaps, copy_chats=args.copy_chats, seed=0)
     timings["data_and_model_s"] = time.perf_counter() - t
     copy_curve: list[dict[str, float]] = []
     if args.copy_pretrain_steps:
@@ -128,13 +126,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         timings["copy_pretrain_s"] = time.perf_counter() - t
         print(f"copy pretraining: copy accuracy {copy_curve[-1]['copy_accuracy']:.3f}", flush=True)
 
+    def save_checkpoint(folder: Path) -> None:
+        """The model as it is now, loadable by ``mmsearch-gym eval --policy transformers:FOLDER``."""
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        (folder / "mmsearch_tiny.json").write_text((model_dir / "mmsearch_tiny.json").read_text())
+
     def evaluate_now(label: str) -> dict[str, Any]:
         """Save the model as it is now and evaluate it with ``mmsearch-gym eval`` on each set."""
         t0 = time.perf_counter()
         checkpoint = work / "checkpoints" / label
-        model.save_pretrained(checkpoint)
-        tokenizer.save_pretrained(checkpoint)
-        (checkpoint / "mmsearch_tiny.json").write_text((model_dir / "mmsearch_tiny.json").read_text())
+        save_checkpoint(checkpoint)
         out: dict[str, Any] = {}
         for name, tasks_spec in eval_sets.items():
             argv = eval_argv(checkpoint, tasks_spec, work / f"eval-{label}-{name}.json", system_prompt, args)
@@ -164,9 +166,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "disable_tqdm": not args.progress})
         sft.train()
         if args.save_sft:
-            sft.save_model(args.save_sft)
-            tokenizer.save_pretrained(args.save_sft)
-            (Path(args.save_sft) / "mmsearch_tiny.json").write_text((model_dir / "mmsearch_tiny.json").read_text())
+            save_checkpoint(Path(args.save_sft))
     timings["sft_s"] = time.perf_counter() - t
     evaluations["sft"] = evaluate_now("sft")
     print("after SFT:", _short(evaluations["sft"]), flush=True)
@@ -216,7 +216,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def augment_for_copying(data: Any, *, swaps: int, copy_chats: int, seed: int) -> Any:
+def augment_for_copying(data: Any, dialect: Any, *, swaps: int, copy_chats: int, seed: int) -> Any:
     """SFT rows that make reading the answer from the results the only way to it.
 
     * ``swaps`` counterfactual copies of each image_search chat: the country's name is replaced,
@@ -237,7 +237,8 @@ def augment_for_copying(data: Any, *, swaps: int, copy_chats: int, seed: int) ->
 
     rng = random.Random(seed)
     rows = list(data)
-    found = [(row, _answer(row["messages"][-1]["content"])) for row in rows if row["category"] == "image_search"]
+    found = [(row, getattr(dialect.parse(row["messages"][-1]["content"]), "text", None))
+             for row in rows if row["category"] == "image_search"]
     names = sorted({name for _, name in found if name})
     for row, name in found:
         for other in rng.sample([n for n in names if n != name], min(swaps, len(names) - 1)) if name else []:
@@ -259,11 +260,6 @@ def augment_for_copying(data: Any, *, swaps: int, copy_chats: int, seed: int) ->
 
 _COMMON_WORDS = ["red", "blue", "green", "flag", "star", "cross", "the", "of", "and", "with", "yellow", "white",
                  "black"]
-
-
-def _answer(turn: str) -> str | None:
-    start, end = turn.find("<answer>"), turn.find("</answer>")
-    return turn[start + len("<answer>"):end] if 0 <= start < end else None
 
 
 def eval_argv(checkpoint: Path, tasks_spec: dict[str, Any], out: Path, system_prompt: str,
