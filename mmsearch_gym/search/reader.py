@@ -8,6 +8,7 @@ rebuilds that pipeline around any backend: ``JinaReader`` turns a URL into page 
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import logging
 from collections.abc import Callable, Mapping
@@ -16,6 +17,7 @@ from typing import Protocol, runtime_checkable
 
 from mmsearch_gym.errors import ConfigError
 from mmsearch_gym.search.base import Hit, ImageQuery, SearchBackend, SearchError
+from mmsearch_gym.search.deadline import DEFAULT_READING_DEADLINE, check_seconds, search_deadline
 from mmsearch_gym.search.http import HttpClient, HttpStatusError, Secret, public_url, redact_url_text, secret_from
 
 logger = logging.getLogger(__name__)
@@ -59,7 +61,8 @@ class JinaReader:
     """Jina AI's reader API: ``GET {base_url}/{page_url}`` answers with the page as text.
 
     The key (``api_key`` or ``JINA_API_KEY``) is optional: without one the reader works at a
-    lower rate limit. Page text is truncated to ``max_chars``.
+    lower rate limit. Page text is truncated to ``max_chars``, and any form of the key in it
+    (a page echoing the request's headers) is masked.
     """
 
     name = "jina-reader"
@@ -97,7 +100,7 @@ class JinaReader:
                 raise SearchError(f"invalid API key for the Jina reader (HTTP {exc.status}: {exc.api_message}); "
                                   f"set {JINA_KEY_ENV} to a valid key or unset it") from None
             raise
-        text = response.text().strip()
+        text = self.client.mask_secrets(response.text()).strip()
         if not text:
             raise SearchError(f"the Jina reader returned an empty page for {redact_url_text(url)}")
         return truncate_text(text, self.max_chars)
@@ -119,13 +122,16 @@ class ReadingBackend:
 
     Callables have no stable identity, so a summarizer needs a ``summarizer_id`` naming it
     (model and prompt version, e.g. ``"qwen2.5-7b/summary-v2"``): it goes into the cache key.
+
+    ``search_timeout`` bounds the whole text search (inner search and page reads, which run
+    under the same deadline in their threads); pages not read in time keep their snippet.
     """
 
     version_suffix = "read1"
 
     def __init__(self, inner: SearchBackend, reader: PageReader, summarizer: Summarizer | None = None, *,
                  summarizer_id: str | None = None, top_n: int = 5, max_chars: int = 2_000,
-                 max_workers: int | None = None) -> None:
+                 max_workers: int | None = None, search_timeout: float | None = DEFAULT_READING_DEADLINE) -> None:
         if summarizer is not None and not (summarizer_id and summarizer_id.strip()):
             raise ConfigError("a summarizer needs a summarizer_id (e.g. 'my-llm/prompt-v1'): callables have no "
                               "stable identity, and the id keys the search cache")
@@ -140,6 +146,7 @@ class ReadingBackend:
         self.top_n = int(top_n)
         self.max_chars = int(max_chars)
         self.max_workers = max(1, int(max_workers if max_workers is not None else top_n))
+        self.search_timeout = check_seconds(search_timeout, "search_timeout")
         self.name = f"{inner.name}+{reader.name}"
         self.version = f"{inner.version}+{reader.version}+{self.version_suffix}"
 
@@ -153,6 +160,10 @@ class ReadingBackend:
         return params
 
     def text_search(self, query: str, k: int) -> list[Hit]:
+        with search_deadline(self.search_timeout, "reading search"):
+            return self._read_hits(query, k)
+
+    def _read_hits(self, query: str, k: int) -> list[Hit]:
         hits = self.inner.text_search(query, k)
         targets = [i for i, hit in enumerate(hits[: self.top_n]) if hit.url.startswith(("http://", "https://"))]
         pages = self._read_all([hits[i].url for i in targets])
@@ -170,7 +181,9 @@ class ReadingBackend:
         if len(urls) <= 1 or self.max_workers == 1:
             return [self._read_one(url) for url in urls]
         with ThreadPoolExecutor(max_workers=min(self.max_workers, len(urls))) as pool:
-            return list(pool.map(self._read_one, urls))
+            # each read runs in a copy of this context: the search deadline follows it
+            futures = [pool.submit(contextvars.copy_context().run, self._read_one, url) for url in urls]
+            return [future.result() for future in futures]
 
     def _read_one(self, url: str) -> str | None:
         try:

@@ -15,6 +15,7 @@ from urllib.parse import unquote, urlsplit
 
 from mmsearch_gym.errors import ConfigError
 from mmsearch_gym.search.base import Hit, ImageQuery, SearchError
+from mmsearch_gym.search.deadline import DEFAULT_SEARCH_DEADLINE, check_seconds, search_deadline
 from mmsearch_gym.search.http import (
     HttpClient,
     HttpStatusError,
@@ -32,7 +33,8 @@ class SearxngBackend:
 
     Hits are the instance's ``results`` (title, url, content) in its order, scored 1/rank.
     SearXNG returns about 20 results a page; up to ``max_pages`` pages are read when ``k``
-    asks for more. Image search is not offered.
+    asks for more. Image search is not offered. ``search_timeout`` bounds one whole search
+    (all pages) in seconds.
     """
 
     name = "searxng"
@@ -41,7 +43,7 @@ class SearxngBackend:
     def __init__(self, base_url: str | None = None, *, language: str | None = None,
                  categories: str | Sequence[str] | None = None, engines: str | Sequence[str] | None = None,
                  safesearch: int = 0, time_range: str | None = None, max_pages: int = 3,
-                 client: HttpClient | None = None, environ: Mapping[str, str] | None = None) -> None:
+                 search_timeout: float | None = DEFAULT_SEARCH_DEADLINE, client: HttpClient | None = None, environ: Mapping[str, str] | None = None) -> None:
         if base_url is None:
             base_url = (environ if environ is not None else os.environ).get(SEARXNG_URL_ENV, "").strip()
         if not base_url:
@@ -64,10 +66,12 @@ class SearxngBackend:
         self.safesearch = safesearch
         self.time_range = time_range
         self.max_pages = int(max_pages)
+        self.search_timeout = check_seconds(search_timeout, "search_timeout")
         self.client = client if client is not None else HttpClient()
-        if parts.password:
-            self.client.add_secret(parts.password)
-            self.client.add_secret(unquote(parts.password))
+        if parts.password:  # requests sends these as "Basic base64(user:password)"
+            for password in {parts.password, unquote(parts.password)}:
+                self.client.add_secret(password)
+                self.client.add_secret(f"{unquote(parts.username or '')}:{password}")
 
     def cache_params(self) -> dict[str, str | int | float | bool]:
         """The instance (without credentials) and every filter that changes results."""
@@ -79,6 +83,10 @@ class SearxngBackend:
         require_positive_k(k)
         if not query.strip():
             return []
+        with search_deadline(self.search_timeout, "SearXNG search"):
+            return self.client.redact_hits(self._hits(query, k))
+
+    def _hits(self, query: str, k: int) -> list[Hit]:
         hits: list[Hit] = []
         seen: set[str] = set()
         for page in range(1, self.max_pages + 1):

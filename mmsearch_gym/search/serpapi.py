@@ -21,6 +21,7 @@ from PIL import Image
 
 from mmsearch_gym.errors import ConfigError
 from mmsearch_gym.search.base import Hit, ImageQuery, SearchError
+from mmsearch_gym.search.deadline import DEFAULT_SEARCH_DEADLINE, check_seconds, search_deadline
 from mmsearch_gym.search.http import (
     HttpClient,
     HttpStatusError,
@@ -48,6 +49,9 @@ class SerpApiBackend:
     graph entries followed by its ``visual_matches`` (title, link, the site name as snippet,
     optionally the thumbnail bytes). Scores are 1/rank. The key comes from ``api_key`` or the
     ``SERPAPI_API_KEY`` environment variable.
+
+    ``search_timeout`` bounds one whole search (the API call and any thumbnail downloads) in
+    seconds; each request is also bounded by its client's ``deadline``.
     """
 
     name = "serpapi"
@@ -57,6 +61,7 @@ class SerpApiBackend:
                  gl: str = "us", hl: str = "en", google_domain: str = "google.com", safe: str = "off",
                  location: str | None = None, uploader: Uploader | None = None,
                  fetch_thumbnails: bool = False, thumbnail_max_bytes: int = 1 << 20,
+                 search_timeout: float | None = DEFAULT_SEARCH_DEADLINE,
                  client: HttpClient | None = None, environ: Mapping[str, str] | None = None) -> None:
         self._key = secret_from(api_key, SERPAPI_KEY_ENV, "SerpApi", environ=environ)
         if safe not in ("active", "off"):
@@ -71,6 +76,7 @@ class SerpApiBackend:
         self.uploader = uploader
         self.fetch_thumbnails = bool(fetch_thumbnails)
         self.thumbnail_max_bytes = int(thumbnail_max_bytes)
+        self.search_timeout = check_seconds(search_timeout, "search_timeout")
         self.client = client if client is not None else HttpClient()
         self.client.add_secret(self._key)
 
@@ -90,7 +96,8 @@ class SerpApiBackend:
                                   "hl": self.hl, "google_domain": self.google_domain, "safe": self.safe}
         if self.location:
             params["location"] = self.location
-        data = self._call(params)
+        with search_deadline(self.search_timeout, "SerpApi search"):
+            data = self._call(params)
         if data is None:
             return []
         organic = data.get("organic_results") or []
@@ -99,13 +106,17 @@ class SerpApiBackend:
         rows = [(_text(r.get("title")), _text(r.get("link")), _text(r.get("snippet")))
                 for r in organic if isinstance(r, dict)]
         hits = _ranked([(t, u, s, None) for t, u, s in rows if t and u], k)
-        return [Hit(title=t, url=u, snippet=s, score=hit_rank_score(i + 1), source=self.name)
-                for i, (t, u, s, _) in enumerate(hits)]
+        return self.client.redact_hits(Hit(title=t, url=u, snippet=s, score=hit_rank_score(i + 1), source=self.name)
+                                       for i, (t, u, s, _) in enumerate(hits))
 
     # -- image -----------------------------------------------------------------------------
 
     def image_search(self, image: ImageQuery, k: int) -> list[Hit]:
         require_positive_k(k)
+        with search_deadline(self.search_timeout, "SerpApi search"):
+            return self.client.redact_hits(self._image_hits(image, k))
+
+    def _image_hits(self, image: ImageQuery, k: int) -> list[Hit]:
         params: dict[str, Any] = {"engine": "google_lens", "url": self._public_image_url(image),
                                   "hl": self.hl, "country": self.gl, "safe": self.safe}
         data = self._call(params)

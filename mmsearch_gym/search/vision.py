@@ -16,6 +16,7 @@ from urllib.parse import quote_plus
 
 from mmsearch_gym.errors import ConfigError
 from mmsearch_gym.search.base import Hit, ImageQuery, SearchError
+from mmsearch_gym.search.deadline import DEFAULT_SEARCH_DEADLINE, check_seconds, search_deadline
 from mmsearch_gym.search.http import (
     HttpClient,
     HttpStatusError,
@@ -29,6 +30,7 @@ from mmsearch_gym.search.http import (
 VISION_KEY_ENV = "GOOGLE_CLOUD_VISION_API_KEY"
 DEFAULT_VISION_URL = "https://vision.googleapis.com/v1"
 _TAG = re.compile(r"<[^>]*>")
+_KEY_HEADER = "x-goog-api-key"
 
 
 class GoogleVisionBackend:
@@ -51,7 +53,7 @@ class GoogleVisionBackend:
 
     def __init__(self, api_key: str | Secret | None = None, *, base_url: str = DEFAULT_VISION_URL,
                  include_geo_results: bool = False, key_transport: Literal["header", "query"] = "header",
-                 client: HttpClient | None = None, environ: Mapping[str, str] | None = None) -> None:
+                 search_timeout: float | None = DEFAULT_SEARCH_DEADLINE, client: HttpClient | None = None, environ: Mapping[str, str] | None = None) -> None:
         self._key = secret_from(api_key, VISION_KEY_ENV, "Google Cloud Vision", environ=environ)
         if not base_url.startswith(("http://", "https://")):
             raise ConfigError(f"Google Vision base_url must be an http(s) URL, got {public_url(base_url)!r}")
@@ -60,8 +62,10 @@ class GoogleVisionBackend:
         self.base_url = base_url.rstrip("/")
         self.include_geo_results = bool(include_geo_results)
         self.key_transport = key_transport
+        self.search_timeout = check_seconds(search_timeout, "search_timeout")
         self.client = client if client is not None else HttpClient()
         self.client.add_secret(self._key)
+        self.client.add_secret_header(_KEY_HEADER)
 
     def cache_params(self) -> dict[str, str | int | float | bool]:
         """Everything besides the image that changes results; never the key."""
@@ -79,7 +83,8 @@ class GoogleVisionBackend:
         }
         if self.include_geo_results:
             request["imageContext"] = {"webDetectionParams": {"includeGeoResults": True}}
-        detection = self._annotate(request)
+        with search_deadline(self.search_timeout, "Google Cloud Vision search"):
+            detection = self._annotate(request)
         rows: list[tuple[str, str, str]] = []
         for label in detection.get("bestGuessLabels") or []:
             text = _clean(label.get("label")) if isinstance(label, dict) else ""
@@ -113,12 +118,12 @@ class GoogleVisionBackend:
                             source=self.name))
             if len(hits) == k:
                 break
-        return hits
+        return self.client.redact_hits(hits)
 
     def _annotate(self, request: dict[str, Any]) -> dict[str, Any]:
         assert self._key is not None
         url = self.base_url + "/images:annotate"
-        headers = {"x-goog-api-key": self._key.reveal()} if self.key_transport == "header" else None
+        headers = {_KEY_HEADER: self._key.reveal()} if self.key_transport == "header" else None
         params = {"key": self._key.reveal()} if self.key_transport == "query" else None
         try:
             data = self.client.post_json(url, {"requests": [request]}, service="Google Cloud Vision",

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from mmsearch_gym.errors import ConfigError
 from mmsearch_gym.search.base import SearchError
 from mmsearch_gym.search.http import (
+    DeadlineError,
     HttpClient,
     HttpStatusError,
     Secret,
@@ -56,14 +57,27 @@ def test_429_retry_after_seconds_is_honoured() -> None:
 def test_retry_after_http_date_uses_the_clock_and_is_capped() -> None:
     now = 1_700_000_000.0
     in_7s = email.utils.formatdate(now + 7, usegmt=True)
-    in_1h = email.utils.formatdate(now + 3600, usegmt=True)
+    in_60s = email.utils.formatdate(now + 60, usegmt=True)
     delays: list[float] = []
     with FakeWebServer([Reply(503, "busy", headers={"Retry-After": in_7s}),
-                        Reply(429, "busy", headers={"Retry-After": in_1h}),
+                        Reply(429, "busy", headers={"Retry-After": in_60s}),
                         Reply(200, {"ok": 1})]) as server:
-        client = fast_client(delays, clock=lambda: now)
+        client = fast_client(delays, clock=lambda: now, deadline=300.0)
         assert client.get_json(server.url, service="Svc") == {"ok": 1}
-    assert delays == [pytest.approx(7.0), 30.0]  # the hour-long wait is capped at max_delay
+    assert delays == [pytest.approx(7.0), 30.0]  # the minute-long wait is capped at max_delay
+
+
+def test_retry_after_past_the_deadline_fails_at_once() -> None:
+    """Issue 16: an hour-long Retry-After used to be slept as 30 s per try (90 s in all)."""
+    now = 1_700_000_000.0
+    in_1h = email.utils.formatdate(now + 3600, usegmt=True)
+    delays: list[float] = []
+    with FakeWebServer([Reply(503, "busy", headers={"Retry-After": "7"}),
+                        Reply(429, "busy", headers={"Retry-After": in_1h}), Reply(200, {"ok": 1})]) as server:
+        client = fast_client(delays, clock=lambda: now, deadline=60.0)
+        with pytest.raises(DeadlineError, match=r"retry in 3600 s, past the request deadline of 60 s"):
+            client.get_json(server.url, service="Svc")
+    assert delays == [pytest.approx(7.0)] and len(server.requests) == 2
 
 
 def test_500_then_success_backs_off_with_jitter() -> None:

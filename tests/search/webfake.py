@@ -34,6 +34,8 @@ class Reply:
     ``declared_length``: Content-Length to announce instead of the true length (truncation).
     ``drop``: close the connection without answering at all.
     ``omit_length``: send no Content-Length; the body ends when the connection closes.
+    ``drip``: seconds between bytes: the whole answer (status line, headers, body) is written one
+    byte at a time, each write well inside any read timeout (a server that never quite stalls).
     """
 
     status: int = 200
@@ -44,6 +46,7 @@ class Reply:
     declared_length: int | None = None
     drop: bool = False
     omit_length: bool = False
+    drip: float = 0.0
 
     def encoded(self) -> tuple[bytes, str]:
         if isinstance(self.body, bytes):
@@ -160,6 +163,9 @@ class FakeWebServer:
             http.close_connection = True
             return
         payload, content_type = reply.encoded()
+        if reply.drip:
+            self._drip(http, reply, payload, content_type)
+            return
         try:
             http.send_response(reply.status)
             http.send_header("Content-Type", content_type)
@@ -173,6 +179,21 @@ class FakeWebServer:
             http.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout): fine
             pass
+
+    def _drip(self, http: BaseHTTPRequestHandler, reply: Reply, payload: bytes, content_type: str) -> None:
+        """Write the answer a byte at a time until done, the client leaves or the server stops."""
+        head = [f"HTTP/1.1 {reply.status} Slow", f"Content-Type: {content_type}",
+                f"Content-Length: {len(payload)}", *(f"{k}: {v}" for k, v in reply.headers.items())]
+        data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload
+        http.close_connection = True
+        for i in range(len(data)):
+            if self._stop.wait(reply.drip if i else 0):
+                return
+            try:
+                http.wfile.write(data[i:i + 1])
+                http.wfile.flush()
+            except OSError:  # the client gave up: done
+                return
 
 
 def png_bytes(color: tuple[int, int, int] = (200, 30, 30), size: tuple[int, int] = (8, 6)) -> bytes:
