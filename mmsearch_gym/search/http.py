@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -353,7 +353,8 @@ class HttpClient:
         """Send, follow redirects by hand, and read the final answer.
 
         Credential headers (and session auth) are dropped for good at the first hop to another
-        origin; user-info credentials follow same-origin hops only.
+        origin; user-info credentials follow same-origin hops only; a hop to another origin whose
+        URL holds a registered secret (an API key in the query) is refused.
         """
         method, url, params, body = call.method, call.url, call.params, call.json_body
         headers: dict[str, str | None] = dict(call.headers)
@@ -375,6 +376,9 @@ class HttpClient:
             if same_origin(previous, target):
                 target = _keep_userinfo(previous, target)
             else:
+                if self._redactor.carries_secret(unquote(target)) or self._redactor.carries_secret(target):
+                    raise SearchError(f"{call.service} redirected to another origin with a secret in the URL "
+                                      f"({self.redact(public_url(target))}); not followed [{call.method} {call.shown}]")
                 headers = self._without_credentials(headers)
                 auth = _no_auth
             if status == 303 and method != "HEAD" or status in (301, 302) and method == "POST":

@@ -34,8 +34,9 @@ class Reply:
     ``declared_length``: Content-Length to announce instead of the true length (truncation).
     ``drop``: close the connection without answering at all.
     ``omit_length``: send no Content-Length; the body ends when the connection closes.
-    ``drip``: seconds between bytes: the whole answer (status line, headers, body) is written one
-    byte at a time, each write well inside any read timeout (a server that never quite stalls).
+    ``drip``: seconds between bytes: the answer is written one byte at a time, each write well
+    inside any read timeout (a server that never quite stalls); with ``drip_head=False`` the
+    status line and headers go at once and only the body drips.
     """
 
     status: int = 200
@@ -47,6 +48,7 @@ class Reply:
     drop: bool = False
     omit_length: bool = False
     drip: float = 0.0
+    drip_head: bool = True
 
     def encoded(self) -> tuple[bytes, str]:
         if isinstance(self.body, bytes):
@@ -97,7 +99,11 @@ class FakeWebServer:
         self.max_requests = max_requests
         self.requests: list[SeenRequest] = []
         self.unexpected = 0
+        self.dripped: list[int] = []
+        """For each dripping answer: how many bytes went out before the client left (or the end)."""
         self._lock = threading.Lock()
+        self._drips_done = threading.Condition(self._lock)
+        self._dripping = 0
         self._stop = threading.Event()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -129,6 +135,8 @@ class FakeWebServer:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
+        with self._drips_done:  # let dripping handlers record their counts (they stop at once)
+            self._drips_done.wait_for(lambda: self._dripping == 0, timeout=5)
         assert self._httpd is not None and self._thread is not None
         self._httpd.shutdown()
         self._httpd.server_close()
@@ -184,16 +192,27 @@ class FakeWebServer:
         """Write the answer a byte at a time until done, the client leaves or the server stops."""
         head = [f"HTTP/1.1 {reply.status} Slow", f"Content-Type: {content_type}",
                 f"Content-Length: {len(payload)}", *(f"{k}: {v}" for k, v in reply.headers.items())]
-        data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload
+        head_bytes = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
         http.close_connection = True
-        for i in range(len(data)):
-            if self._stop.wait(reply.drip if i else 0):
-                return
-            try:
+        sent = 0
+        with self._lock:
+            self._dripping += 1
+        try:
+            if not reply.drip_head:
+                http.wfile.write(head_bytes)
+            data = head_bytes + payload if reply.drip_head else payload
+            for i in range(len(data)):
+                if self._stop.wait(reply.drip if i else 0):
+                    break
                 http.wfile.write(data[i:i + 1])
                 http.wfile.flush()
-            except OSError:  # the client gave up: done
-                return
+                sent += 1
+        except OSError:  # the client gave up: done
+            pass
+        with self._drips_done:
+            self.dripped.append(sent)
+            self._dripping -= 1
+            self._drips_done.notify_all()
 
 
 def png_bytes(color: tuple[int, int, int] = (200, 30, 30), size: tuple[int, int] = (8, 6)) -> bytes:
@@ -210,13 +229,13 @@ def recording_sleep() -> tuple[list[float], Callable[[float], None]]:
 
 
 def fast_client(delays: list[float] | None = None, *, read_timeout: float = 5.0, max_attempts: int = 3,
-                max_bytes: int = 1 << 20, jitter: float = 0.5, **kwargs: Any) -> Any:
+                max_bytes: int = 1 << 20, jitter: float = 0.5, base_delay: float = 1.0, **kwargs: Any) -> Any:
     """An HttpClient for tests: records sleeps instead of waiting, fixed jitter, no proxies."""
     from mmsearch_gym.search.http import HttpClient
 
     sink = delays if delays is not None else []
     return HttpClient(connect_timeout=2.0, read_timeout=read_timeout, max_bytes=max_bytes,
-                      max_attempts=max_attempts, base_delay=1.0, max_delay=30.0, sleep=sink.append,
+                      max_attempts=max_attempts, base_delay=base_delay, max_delay=30.0, sleep=sink.append,
                       random=lambda: jitter, trust_env=False, **kwargs)
 
 
