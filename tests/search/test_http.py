@@ -19,6 +19,7 @@ from mmsearch_gym.search.http import (
     Secret,
     public_url,
     redact_url_text,
+    same_origin,
     secret_from,
 )
 
@@ -268,3 +269,17 @@ def test_retry_after_never_exceeds_cap_or_goes_negative(value: float | str, cap:
     parsed = client._retry_after(str(value))
     delay = client._delay(1, parsed)
     assert 0 <= delay <= cap
+
+
+@pytest.mark.parametrize("a, b, same", [
+    ("http://api.example/x", "http://api.example/y?q=1", True),
+    ("http://api.example/x", "http://api.example:80/y", True),
+    ("https://api.example/x", "https://API.example:443/y", True),
+    ("http://api.example/x", "https://api.example/x", False),  # stricter than requests: no http->https pass
+    ("http://api.example/x", "http://api.example:8080/x", False),
+    ("http://api.example/x", "http://evil.example/x", False),
+    ("http://127.0.0.1:5000/x", "http://localhost:5000/x", False),
+    ("http://api.example/x", "http://api.example:bad/x", False),
+])
+def test_same_origin_is_scheme_host_and_port(a: str, b: str, same: bool) -> None:
+    assert same_origin(a, b) is same
