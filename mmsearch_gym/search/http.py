@@ -29,7 +29,12 @@ import requests
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 
-from mmsearch_gym.bounded_json import DEFAULT_MAX_DEPTH, DEFAULT_MAX_NUMBER_CHARS, JsonLimitError, loads_bounded
+from mmsearch_gym.bounded_json import (
+    DEFAULT_MAX_DEPTH,
+    DEFAULT_MAX_NUMBER_CHARS,
+    JsonLimitError,
+    loads_bounded,
+)
 from mmsearch_gym.errors import ConfigError
 from mmsearch_gym.search.base import Hit, SearchError
 from mmsearch_gym.search.deadline import (
@@ -407,9 +412,10 @@ class HttpClient:
             raise self._past(call)
         failure: _Retryable | SearchError | None = None
         try:
-            return self.session.request(method, url, params=params, json=body, headers=headers, auth=auth,
-                                        timeout=(min(self.connect_timeout, left), min(self.read_timeout, left)),
-                                        stream=True, allow_redirects=False)
+            # a header set to None cancels the session's own (requests supports it; its stubs do not say so)
+            return self.session.request(method, url, params=params, json=body, headers=headers,  # type: ignore[arg-type]
+                                        auth=auth, stream=True, allow_redirects=False,
+                                        timeout=(min(self.connect_timeout, left), min(self.read_timeout, left)))
         except requests.Timeout as exc:
             failure = _Retryable(f"timed out ({self._describe(exc)})")
         except requests.ConnectionError as exc:

@@ -17,8 +17,19 @@ from typing import Protocol, runtime_checkable
 
 from mmsearch_gym.errors import ConfigError
 from mmsearch_gym.search.base import Hit, ImageQuery, SearchBackend, SearchError
-from mmsearch_gym.search.deadline import DEFAULT_READING_DEADLINE, check_seconds, search_deadline
-from mmsearch_gym.search.http import HttpClient, HttpStatusError, Secret, public_url, redact_url_text, secret_from
+from mmsearch_gym.search.deadline import (
+    DEFAULT_READING_DEADLINE,
+    check_seconds,
+    search_deadline,
+)
+from mmsearch_gym.search.http import (
+    HttpClient,
+    HttpStatusError,
+    Secret,
+    public_url,
+    redact_url_text,
+    secret_from,
+)
 
 logger = logging.getLogger(__name__)
 
