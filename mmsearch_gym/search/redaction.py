@@ -145,8 +145,11 @@ class Redactor:
             return
         with self._lock:
             self._forms.update(secret_forms(value))
-            ordered = sorted(self._forms, key=len, reverse=True)  # longest first: no half-masked keys
-            self._pattern = re.compile("|".join(re.escape(form) for form in ordered))
+            self._compile()
+
+    def _compile(self) -> None:
+        ordered = sorted(self._forms, key=len, reverse=True)  # longest first: no half-masked keys
+        self._pattern = re.compile("|".join(re.escape(form) for form in ordered)) if ordered else None
 
     def mask_secrets(self, text: str) -> str:
         """``text`` with every form of every registered secret masked (and nothing else)."""
@@ -163,6 +166,16 @@ class Redactor:
 
     def __bool__(self) -> bool:
         return self._pattern is not None
+
+    def __getstate__(self) -> dict[str, object]:  # picklable (vector envs, Ray): the lock stays behind
+        return {"forms": sorted(self._forms)}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__init__()  # type: ignore[misc]
+        forms = state.get("forms")
+        if isinstance(forms, list):
+            self._forms = {str(form) for form in forms}
+            self._compile()
 
 
 def is_credential_header(name: str, value: str, *, declared: Iterable[str] = (),

@@ -92,3 +92,20 @@ def test_log_filter_masks_registered_secrets_in_messages_and_arguments() -> None
                                (base64.b64encode(SECRET.encode()).decode(), ValueError(SECRET)), None)
     RedactingLogFilter().filter(record)
     assert SECRET not in record.getMessage() and "***" in record.getMessage()
+
+
+def test_backends_with_secrets_stay_picklable() -> None:
+    """Vector envs and Ray ship backends to workers by pickling them."""
+    import pickle
+
+    from mmsearch_gym.search.reader import JinaReader, ReadingBackend
+    from mmsearch_gym.search.searxng import SearxngBackend
+    from mmsearch_gym.search.vision import GoogleVisionBackend
+
+    searx = pickle.loads(pickle.dumps(SearxngBackend("http://admin:p4ssword-x@127.0.0.1:1")))
+    token = base64.b64encode(b"admin:p4ssword-x").decode()
+    assert searx.client.redact(f"p4ssword-x {token}") == "*** ***"
+    vision = pickle.loads(pickle.dumps(GoogleVisionBackend(SECRET)))
+    assert vision.client.is_credential_header("x-goog-api-key", "k") and SECRET not in vision.client.redact(SECRET)
+    reading = pickle.loads(pickle.dumps(ReadingBackend(searx, JinaReader(SECRET, environ={}))))
+    assert reading.reader.client.mask_secrets(SECRET) == "***"
