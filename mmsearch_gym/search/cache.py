@@ -324,9 +324,11 @@ class SearchCache:
             # Another worker stored this key first: answer what it stored, so both agree.
             data = self._store.get(key)
             try:
-                return hits if data is None else decode_hits(data)
+                if data is not None:
+                    return decode_hits(data)
             except DamagedValue:
-                self._store.put(key, value)
+                pass
+            self._store.put(key, value)  # a row without a readable value (its file gone): heal it
         return hits
 
     def _checked(self, hits: Iterable[Hit]) -> list[Hit]:
