@@ -105,7 +105,7 @@ def test_truncated_values_of_every_length_are_refused() -> None:
 
 
 def test_damaged_counter_row_reads_as_zero_and_repair_resets_it(tmp_path: Path) -> None:
-    _record(tmp_path, "a", "b")
+    _record(tmp_path, "a", "b", "a")
     con = sqlite3.connect(tmp_path / "cache.db")
     con.execute("UPDATE Cache SET value = ?, mode = 1 WHERE key = ?", (b"garbage", HITS_KEY))
     con.commit()
@@ -124,7 +124,7 @@ def test_damaged_counter_row_reads_as_zero_and_repair_resets_it(tmp_path: Path) 
 
 
 def test_a_damaged_counter_is_overwritten_by_the_next_flush(tmp_path: Path) -> None:
-    _record(tmp_path, "a")
+    _record(tmp_path, "a", "a")
     con = sqlite3.connect(tmp_path / "cache.db")
     con.execute("UPDATE Cache SET value = ?, mode = 1 WHERE key = ?", (b"garbage", HITS_KEY))
     con.commit()
