@@ -278,6 +278,29 @@ class DiskStore:
         self.cache.close()
 
 
+def connect_readonly(db: Path) -> sqlite3.Connection:
+    """A SQLite connection that never writes: ``mode=ro``, or ``immutable`` on read-only media.
+
+    ``immutable`` is needed where SQLite cannot even create its shared-memory file (a
+    read-only mount) and is only correct because nothing can write there.
+    """
+    if not db.is_file():
+        raise ConfigError(f"no search cache at {db.parent} (no cache.db there); check the directory")
+    last: Exception | None = None
+    for query in ("mode=ro", "immutable=1"):
+        con = sqlite3.connect(f"{db.resolve().as_uri()}?{query}", uri=True, check_same_thread=False)
+        try:
+            con.execute("SELECT count(*) FROM Cache").fetchone()
+        except sqlite3.DatabaseError as err:
+            con.close()
+            last = err
+            if not isinstance(err, sqlite3.OperationalError) or "no such table" in str(err):
+                break
+            continue
+        return con
+    raise _damaged_db(db, last or RuntimeError("unreadable"))
+
+
 class ReadOnlyDiskStore:
     """A cache directory read with plain SQLite, writing nothing (no lock file, no WAL index).
 
@@ -291,28 +314,11 @@ class ReadOnlyDiskStore:
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory).expanduser()
         self.location = str(self.directory)
-        db = self.directory / "cache.db"
-        if not db.is_file():
-            raise ConfigError(f"no search cache at {self.directory} (no cache.db there); check the directory")
-        self._con: sqlite3.Connection | None = None
-        last: Exception | None = None
-        for query in ("mode=ro", "immutable=1"):
-            con = sqlite3.connect(f"{db.resolve().as_uri()}?{query}", uri=True, check_same_thread=False)
-            try:
-                con.execute("SELECT count(*) FROM Cache").fetchone()
-            except sqlite3.DatabaseError as err:
-                con.close()
-                last = err
-                if not isinstance(err, sqlite3.OperationalError) or "no such table" in str(err):
-                    break
-                continue
-            self._con = con
-            return
-        raise _damaged_db(db, last or RuntimeError("unreadable"))
+        self._con: sqlite3.Connection | None = connect_readonly(self.directory / "cache.db")
 
     def _sql(self, query: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        if self._con is None:
-            raise ConfigError(f"the read-only cache {self.location} is closed")
+        if self._con is None:  # closed: reopen on use, like diskcache
+            self._con = connect_readonly(self.directory / "cache.db")
         try:
             return self._con.execute(query, args).fetchall()
         except sqlite3.DatabaseError as err:

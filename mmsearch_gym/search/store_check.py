@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
 from mmsearch_gym.search.entry import check_value
-from mmsearch_gym.search.store import Store, is_url, open_store
+from mmsearch_gym.search.store import Store, connect_readonly, is_url, open_store
 
 __all__ = ["RepairResult", "StoreReport", "repair_store", "verify_store"]
 
@@ -72,11 +71,7 @@ def _value_files(directory: Path) -> dict[str, int]:
 
 def _referenced_files(directory: Path) -> tuple[set[str], list[str]]:
     """Value files the database refers to, and SQLite's integrity messages (read-only)."""
-    uri = f"{(directory / 'cache.db').resolve().as_uri()}?mode=ro"
-    try:
-        con = sqlite3.connect(uri, uri=True)
-    except sqlite3.Error:
-        con = sqlite3.connect(uri.replace("mode=ro", "immutable=1"), uri=True)
+    con = connect_readonly(directory / "cache.db")
     try:
         check = [row[0] for row in con.execute("PRAGMA quick_check").fetchall()]
         names = {Path(name).as_posix() for (name,) in
