@@ -53,6 +53,7 @@ from mmsearch_gym.search.entry import (
     key_head,
     normalize_query,
 )
+from mmsearch_gym.search.redis_store import namespace_for
 from mmsearch_gym.search.store import JSONDisk, Store, is_url, iter_entries, open_store
 
 if TYPE_CHECKING:
@@ -224,8 +225,11 @@ class SearchCache:
             self._store: Store = open_store(self.directory, self.size_limit,
                                             readonly="auto" if mode == "replay" else False)
         elif isinstance(store, str):
+            if not is_url(store):
+                raise ConfigError(f"store={store!r} is not a redis:// URL; give a directory as directory=")
             self.directory = None
-            self._store = open_store(store, local_cache=self.local_cache)
+            self._store = open_store(store, local_cache=self.local_cache,
+                                     namespace=namespace_for(self.name, self.version))
         else:
             self.directory = getattr(store, "directory", None)
             self._store = store
