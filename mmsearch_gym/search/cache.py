@@ -284,37 +284,48 @@ class SearchCache:
     # -- SearchBackend ------------------------------------------------------------------------
 
     def text_search(self, query: str, k: int) -> list[Hit]:
-        return self._serve(
-            self.key_for_text(query, k),
+        key = self.key_for_text(query, k)
+        hits, damaged = self._lookup(key)
+        if hits is not None:
+            return hits
+        return self._serve_miss(
+            key, damaged,
             ask=lambda backend: backend.text_search(query, k),
             describe=lambda: f"text search {query!r} (k={k})",
             entry=lambda hits: CacheEntry(kind="text", k=int(k), backend=self.name, backend_version=self.version,
                                           hits=tuple(hits), query=normalize_query(query), params=self.params))
 
     def image_search(self, image: ImageQuery, k: int) -> list[Hit]:
+        key = self.key_for_image(image, k)
+        hits, damaged = self._lookup(key)
+        if hits is not None:
+            return hits
         box = None if image.box is None else tuple(int(v) for v in image.box)
-        return self._serve(
-            self.key_for_image(image, k),
+        return self._serve_miss(
+            key, damaged,
             ask=lambda backend: backend.image_search(image, k),
             describe=lambda: f"image search of image {image.digest[:16]}... box={image.box} (k={k})",
             entry=lambda hits: CacheEntry(kind="image", k=int(k), backend=self.name, backend_version=self.version,
                                           hits=tuple(hits), digest=image.digest, box=box,  # type: ignore[arg-type]
                                           params=self.params))
 
-    def _serve(self, key: str, *, ask: Callable[[SearchBackend], Iterable[Hit]],
-               describe: Callable[[], str], entry: Callable[[list[Hit]], CacheEntry]) -> list[Hit]:
-        """One search through the cache: the mode decides between the store, the fallback and the backend."""
-        damaged = ""
-        if self.mode != "record":
-            data = self._store.get(key)
-            if data is not None:
-                try:
-                    hits = decode_hits(data)
-                except DamagedValue as err:
-                    damaged = str(err)
-                else:
-                    self._hits += 1
-                    return hits
+    def _lookup(self, key: str) -> tuple[list[Hit] | None, str]:
+        """The stored hits (counted as a hit), or None and why a stored value was unusable."""
+        if self.mode == "record":
+            return None, ""
+        data = self._store.get(key)
+        if data is None:
+            return None, ""
+        try:
+            hits = decode_hits(data)
+        except DamagedValue as err:
+            return None, str(err)
+        self._hits += 1
+        return hits, ""
+
+    def _serve_miss(self, key: str, damaged: str, *, ask: Callable[[SearchBackend], Iterable[Hit]],
+                    describe: Callable[[], str], entry: Callable[[list[Hit]], CacheEntry]) -> list[Hit]:
+        """A miss: the mode decides between the fallback, CacheMiss and the backend (then store)."""
         self._misses += 1
         if self.mode == "replay":
             if self._fallback is not None:

@@ -72,6 +72,7 @@ class RedisStore:
                 from None
         self.location = _redacted(url)
         self.namespace = namespace
+        self._prefix = None if namespace is None else f"{ROOT}{namespace}{_ENTRY}"
         self._errors: tuple[type[BaseException], ...] = (redis.exceptions.ConnectionError,
                                                           redis.exceptions.TimeoutError, OSError)
         self._response_error = redis.exceptions.ResponseError
@@ -129,17 +130,22 @@ class RedisStore:
     # -- Store ---------------------------------------------------------------------------------
 
     def get(self, key: str) -> bytes | None:
-        if self._local is not None:
-            value = self._local.get(key)
+        """The stored bytes or None (the hot path of a hit: one GET, no context managers)."""
+        local = self._local
+        if local is not None:
+            value = local.get(key)
             if value is not None:
                 return value
-        full = self._full(key)
+        full = self._prefix + key if self._prefix is not None else self._full(key)
         if full is None:
             return None
-        with self._talking():
+        try:
             value = self._client.get(full)
-        if value is not None and self._local is not None:
-            self._local.put(key, value)
+        except self._errors + (self._response_error,):
+            with self._talking():
+                raise
+        if value is not None and local is not None:
+            local.put(key, value)
         return value
 
     def put(self, key: str, value: bytes) -> None:
