@@ -109,14 +109,20 @@ def measure_cache_hit(queries: list[str], directory: Path, url: str, repeats: in
         "searchcache_redis": lambda q: remote.text_search(q, K),
         "searchcache_redis_local_lru": lambda q: tiered.text_search(q, K),
     }
-    samples: dict[str, list[int]] = {name: [] for name in [*contenders, "raw_redis_get"]}
+    contenders["raw_redis_get"] = client.get
+    args = {name: (full_keys if name == "raw_redis_get" else queries) for name in contenders}
     for name, fn in contenders.items():  # warm connections, page cache, the LRU
-        _time_calls(fn, queries, 1)
-    _time_calls(client.get, full_keys, 1)
-    for _ in range(repeats):
-        for name, fn in contenders.items():
-            samples[name] += _time_calls(fn, queries, 1)
-        samples["raw_redis_get"] += _time_calls(client.get, full_keys, 1)
+        _time_calls(fn, args[name], 1)
+    samples: dict[str, list[int]] = {name: [] for name in contenders}
+    clock = time.perf_counter_ns
+    order = list(contenders)
+    for r in range(repeats):  # round robin per query, rotating who goes first: load drift hits all alike
+        for i in range(len(queries)):
+            for name in order[(i + r) % len(order):] + order[:(i + r) % len(order)]:
+                fn, arg = contenders[name], args[name][i]
+                t0 = clock()
+                fn(arg)
+                samples[name].append(clock() - t0)
     result: dict[str, Any] = {name: _percentiles(s) for name, s in samples.items()}
     floor = result["raw_redis_get"]
     result["redis_vs_raw_get_p50"] = round(result["searchcache_redis"]["p50_us"] / floor["p50_us"], 2)

@@ -307,6 +307,9 @@ def test_connection_dropped_mid_episode_is_an_observation(redis_server: RedisSer
     redis_server.start()
     obs, *_ = env.step(fmt(TextSearch("after the drop")))
     assert "after the drop" in obs["text"]
+    from mmsearch_gym.trajectories import describe_env
+
+    assert redis_server.url in json.dumps(describe_env(env))
     env.close()
     cache.close()
     with SearchCache(None, store=redis_server.url, mode="replay", name="counting", version="1") as replay:

@@ -146,3 +146,16 @@ def test_a_real_full_tmpfs(tmp_path: Path) -> None:
                 assert list(entry.hits) == expected_text(entry.query or "", 3), key
     finally:
         _umount(mount)
+
+
+def test_no_import_cycle_and_no_redis_in_the_core() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, mmsearch_gym.search.cassette, mmsearch_gym.search.store, mmsearch_gym.search.redis_store\n"
+            "assert 'mmsearch_gym.search.cache' not in sys.modules, 'cassette imports cache'\n"
+            "import mmsearch_gym.search.cache, mmsearch_gym.search.store_check\n"
+            "assert 'redis' not in sys.modules, 'the core imported redis'\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert result.returncode == 0, result.stderr
