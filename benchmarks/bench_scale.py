@@ -42,10 +42,10 @@ except ModuleNotFoundError:  # running from a checkout without `pip install -e .
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_cache import K, SyntheticBackend, _percentiles, _time_calls  # noqa: E402
+from bench_cache import K, SyntheticBackend, _percentiles, _time_calls
 
-from mmsearch_gym.search.cache import SearchCache  # noqa: E402
-from mmsearch_gym.search.redis_store import ROOT, namespace_for  # noqa: E402
+from mmsearch_gym.search.cache import SearchCache
+from mmsearch_gym.search.redis_store import ROOT, namespace_for
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_scale.json"
 

@@ -39,7 +39,7 @@ def test_render_cache_is_lru() -> None:
     cache = _RenderCache(size=2)
     made: list[str] = []
 
-    def maker(name: str):  # noqa: ANN202
+    def maker(name: str):
         return lambda: made.append(name) or Image.new("RGB", (2, 2))
 
     for name in ("a", "b", "a", "c", "a"):

@@ -75,7 +75,7 @@ def test_namespaces_are_per_backend_and_version(redis_server: RedisServer) -> No
         v2.text_search("only two", 2)
         assert (v1.stats().entries, v2.stats().entries) == (1, 2)
     keys = sorted(k.decode() for k in RedisStore(redis_server.url).client.keys("*"))
-    assert [k for k in keys if ":e:" in k][0].startswith(f"{ROOT}{namespace_for('counting', '1')}:e:")
+    assert next(k for k in keys if ":e:" in k).startswith(f"{ROOT}{namespace_for('counting', '1')}:e:")
     assert sum(k.startswith(f"{ROOT}counting@2:e:") for k in keys) == 2
     assert summarize_cache(redis_server.url).backends == {"counting@1": 1, "counting@2": 2}
 

@@ -25,12 +25,12 @@ def _mount(target: Path, options: str) -> bool:
         return False
     target.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)],
-                            capture_output=True, timeout=30)
+                            capture_output=True, timeout=30, check=False)
     return result.returncode == 0
 
 
 def _umount(target: Path) -> None:
-    subprocess.run(["umount", "-l", str(target)], capture_output=True, timeout=30)
+    subprocess.run(["umount", "-l", str(target)], capture_output=True, timeout=30, check=False)
 
 
 @pytest.fixture
@@ -156,6 +156,6 @@ def test_no_import_cycle_and_no_redis_in_the_core() -> None:
             "assert 'mmsearch_gym.search.cache' not in sys.modules, 'cassette imports cache'\n"
             "import mmsearch_gym.search.cache, mmsearch_gym.search.store_check\n"
             "assert 'redis' not in sys.modules, 'the core imported redis'\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False,
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
     assert result.returncode == 0, result.stderr

@@ -21,6 +21,7 @@ from mmsearch_gym.search.store import HITS_KEY
 from mmsearch_gym.search.store_check import repair_store, verify_store
 from tests.search.test_cache import CountingBackend, expected_text
 
+
 def _big_query() -> str:
     for i in range(50):
         query = f"big thumbnail query {i}"
