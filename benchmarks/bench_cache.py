@@ -37,7 +37,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from mmsearch_gym.search.base import Hit, ImageQuery
-from mmsearch_gym.search.cache import SearchCache, _decode_hits
+from mmsearch_gym.search.cache import SearchCache
+from mmsearch_gym.search.entry import decode_hits as _decode_hits
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cache.json"
 K = 5

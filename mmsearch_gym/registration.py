@@ -100,10 +100,11 @@ def wrap_cache(backend: SearchBackend, cache: Mapping[str, Any] | None) -> Searc
     options = dict(cache)
     mode = options.pop("mode", "readthrough")
     directory = options.pop("dir", None)
+    store = options.pop("store", None)
     cassette = options.pop("cassette", None)
     use_fallback = bool(options.pop("fallback", False))
     if options:
-        raise ConfigError(f"unknown cache options {sorted(options)}; use mode, dir, cassette, fallback")
+        raise ConfigError(f"unknown cache options {sorted(options)}; use mode, dir, store, cassette, fallback")
     if directory is None:
         directory = default_cache_dir() / f"{backend.name}-{backend.version}".replace("/", "_")
     cassette_path = _cassette_path(cassette) if cassette else None
@@ -113,8 +114,10 @@ def wrap_cache(backend: SearchBackend, cache: Mapping[str, Any] | None) -> Searc
             raise ConfigError("cache fallback needs a cassette to index")
         from mmsearch_gym.search.fallback import CassetteFallback
         fallback = CassetteFallback.from_cassette(cassette_path)
-    wrapped = SearchCache(backend, directory, mode=mode, fallback=fallback)
-    if cassette_path is not None:
+    wrapped = SearchCache(backend, directory, mode=mode, fallback=fallback, store=store)
+    if cassette_path is not None and store is not None:
+        wrapped.import_cassette(cassette_path)  # idempotent; a shared store keeps no marker files
+    elif cassette_path is not None:
         digest = hashlib.sha256(cassette_path.read_bytes()).hexdigest()[:16]
         marker = Path(directory) / f".imported-{digest}"  # import each cassette version once
         if not marker.exists():

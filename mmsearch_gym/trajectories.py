@@ -415,7 +415,8 @@ def describe_env(env: "MMSearchEnv", *, env_id: str | None = None,
     backend = env.backend
     cache = None
     if isinstance(backend, SearchCache):
-        cache = {"mode": backend.mode, "dir": str(Path(backend.directory).resolve()), "name": backend.name,
+        where = backend.location if backend.directory is None else str(Path(backend.directory).resolve())
+        cache = {"mode": backend.mode, "dir": where, "name": backend.name,
                  "version": backend.version, "params": dict(backend.params)}
     return {
         "id": env_id,

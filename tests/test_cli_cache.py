@@ -98,3 +98,48 @@ def test_cache_command_requires_an_action(capsys: pytest.CaptureFixture[str]) ->
     with pytest.raises(SystemExit) as info:
         main(["cache"])
     assert info.value.code == 2
+
+
+def test_verify_dir_and_repair_print_counts(cache_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["cache", "verify", "--dir", str(cache_dir)]) == 0
+    assert "ok: " in capsys.readouterr().out
+    import sqlite3
+
+    con = sqlite3.connect(cache_dir / "cache.db")
+    key, value = con.execute("SELECT key, value FROM Cache WHERE key NOT LIKE '~%' LIMIT 1").fetchone()
+    con.execute("UPDATE Cache SET value = ? WHERE key = ?", (value[:-4] + b"XXXX", key))
+    con.commit()
+    con.close()
+    orphan = cache_dir / "aa" / "bb" / ("c" * 28 + ".val")
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"left by a killed writer")
+    assert main(["cache", "verify", "--dir", str(cache_dir), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert (report["ok"], report["entries"], report["damaged"], report["orphan_files"]) == (False, 2, 1, 1)
+    assert report["damaged_keys"] == [key]
+    assert main(["cache", "verify", "--dir", str(cache_dir)]) == 1
+    assert "cache repair" in capsys.readouterr().out
+    assert main(["cache", "stats", str(cache_dir)]) == 0
+    assert "damaged   1 entries" in capsys.readouterr().out
+    assert main(["cache", "repair", str(cache_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "dropped 1 damaged entries, removed 1 orphaned value files (23 bytes)" in out and "2 entries kept" in out
+    assert main(["cache", "verify", "--dir", str(cache_dir)]) == 0
+
+
+def test_damaged_database_is_one_line(cache_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for suffix in ("-wal", "-shm"):
+        (cache_dir / f"cache.db{suffix}").unlink(missing_ok=True)
+    (cache_dir / "cache.db").write_bytes(b"\x00garbage" * 512)
+    for argv in (["stats", str(cache_dir)], ["verify", "--dir", str(cache_dir)], ["repair", str(cache_dir)],
+                 ["export", str(cache_dir), "-o", str(cache_dir / "o.jsonl")]):
+        assert main(["cache", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(cache_dir / "cache.db") in err and "Traceback" not in err
+
+
+def test_verify_needs_exactly_one_target(cache_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["cache", "verify"]) == 2
+    assert "give exactly one of" in capsys.readouterr().err
+    assert main(["cache", "stats", str(cache_dir), "--cache-store", "redis://127.0.0.1:1/0"]) == 2
+    assert "give exactly one of" in capsys.readouterr().err

@@ -46,7 +46,6 @@ import io
 import json
 import re
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
@@ -69,6 +68,7 @@ from tqdm.auto import tqdm
 from mmsearch_gym.actions import (UNABLE_TO_ANSWER, Action, Answer, Dialect, ImageSearch, Region,
                                   TextSearch, get_dialect)
 from mmsearch_gym.errors import ConfigError
+from mmsearch_gym.lru import LRU
 from mmsearch_gym.policies import default_reader, first_image
 from mmsearch_gym.search.base import Hit
 from mmsearch_gym.search.image_features import FEATURE_DIM, image_feature
@@ -380,18 +380,14 @@ class FeatureCache:
     """Image feature vectors per task id (training resets the same tasks over and over)."""
 
     def __init__(self, size: int = _FEATURE_CACHE_SIZE) -> None:
-        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._size = size
+        self._items: LRU[str, np.ndarray] = LRU(size)
 
     def get(self, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
-        value = self._items.get(key)
-        if value is None:
+        def make() -> np.ndarray:
             value = compute()
             value.setflags(write=False)
-            self._items[key] = value
-            if len(self._items) > self._size:
-                self._items.popitem(last=False)
-        return value
+            return value
+        return self._items.get_or_make(key, make)
 
 
 # --------------------------------------------------------------------------------------------
@@ -727,21 +723,16 @@ class MemoBackend:
         self.inner = inner
         self.name = inner.name
         self.version = inner.version
-        self._max = max_entries
-        self._memo: OrderedDict[tuple[Any, ...], list[Hit]] = OrderedDict()
+        self._memo: LRU[tuple[Any, ...], list[Hit]] = LRU(max_entries)
 
     def cache_params(self) -> dict[str, Any]:
         params = getattr(self.inner, "cache_params", None)
         return params() if callable(params) else {}
 
     def _get(self, key: tuple[Any, ...], compute: Callable[[], list[Hit]]) -> list[Hit]:
-        hits = self._memo.get(key)
-        if hits is None:
-            hits = [_MemoHit(**{f.name: getattr(h, f.name) for f in dataclasses.fields(Hit)})
-                    for h in compute()]
-            self._memo[key] = hits
-            if len(self._memo) > self._max:
-                self._memo.popitem(last=False)
+        hits = self._memo.get_or_make(key, lambda: [_MemoHit(**{f.name: getattr(h, f.name)
+                                                                 for f in dataclasses.fields(Hit)})
+                                                    for h in compute()])
         return list(hits)
 
     def text_search(self, query: str, k: int) -> list[Hit]:

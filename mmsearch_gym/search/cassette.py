@@ -36,10 +36,11 @@ from typing import TYPE_CHECKING, Any
 
 from mmsearch_gym.errors import ConfigError, DataError
 from mmsearch_gym.search.base import Hit
-from mmsearch_gym.search.cache import CacheEntry, SearchCache, iter_entries, normalize_query, open_store
+from mmsearch_gym.search.entry import CacheEntry, normalize_query
+from mmsearch_gym.search.store import Store, iter_entries, open_store
 
 if TYPE_CHECKING:
-    import diskcache
+    from mmsearch_gym.search.cache import SearchCache
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "CassetteInfo", "export_cassette", "import_cassette", "read_cassette",
            "verify_cassette", "write_cassette"]
@@ -133,7 +134,7 @@ def write_cassette(entries: Iterable[CacheEntry], path: str | Path, *, backend: 
     return len(lines)
 
 
-def _groups(store: diskcache.Cache) -> dict[tuple[str, str, str], list[CacheEntry]]:
+def _groups(store: Store) -> dict[tuple[str, str, str], list[CacheEntry]]:
     groups: dict[tuple[str, str, str], list[CacheEntry]] = {}
     for _, entry in iter_entries(store):
         ident = (entry.backend, entry.backend_version, json.dumps(dict(entry.params), sort_keys=True))
@@ -145,14 +146,15 @@ def export_cassette(cache: SearchCache | str | Path, path: str | Path, *, backen
     """Export a cache to a cassette file; returns the number of entries written.
 
     From a :class:`SearchCache`, the entries of its own backend are exported. From a cache
-    directory, the directory must hold one backend, or ``backend`` (``NAME`` or
-    ``NAME@VERSION``) picks one.
+    directory or ``redis://`` URL, the store must hold one backend, or ``backend`` (``NAME``
+    or ``NAME@VERSION``) picks one. The cassette depends only on the entries, never on the
+    store they come from.
     """
-    if isinstance(cache, SearchCache):
+    if not isinstance(cache, (str, Path)):
         entries = [entry for _, entry in cache.entries()]
         return write_cassette(entries, path, backend=cache.name, backend_version=cache.version,
                               cache_params=cache.params)
-    store = open_store(cache, create=False)
+    store = open_store(cache, create=False, readonly="auto")
     try:
         groups = _groups(store)
     finally:
@@ -356,7 +358,7 @@ def import_cassette(cache: SearchCache | str | Path, path: str | Path | Cassette
     """
     info = path if isinstance(path, CassetteInfo) else read_cassette(path)
     path = info.path
-    if isinstance(cache, SearchCache):
+    if not isinstance(cache, (str, Path)):
         ident = (info.backend, info.backend_version, dict(info.cache_params))
         if ident != (cache.name, cache.version, cache.params):
             params = "" if not info.cache_params else f", params={dict(info.cache_params)!r}"
@@ -365,16 +367,14 @@ def import_cassette(cache: SearchCache | str | Path, path: str | Path | Cassette
                 f"{' with cache params ' + json.dumps(dict(info.cache_params)) if info.cache_params else ''}, "
                 f"but this cache serves {cache.name}@{cache.version}"
                 f"{' with cache params ' + json.dumps(cache.params) if cache.params else ''}. Import it into a "
-                f"cache opened for that backend: SearchCache(None, {str(cache.directory)!r}, mode='replay', "
+                f"cache opened for that backend: SearchCache(None, {cache.location!r}, mode='replay', "
                 f"name={info.backend!r}, version={info.backend_version!r}{params}), or into a directory with "
                 "`mmsearch-gym cache import FILE --dir DIR`")
         store, own = cache.store, False
     else:
         store, own = open_store(cache), True
     try:
-        with store.transact(retry=True):
-            for entry in info.entry_list:
-                store.set(entry.key, entry.encode(), retry=True)
+        store.put_many((entry.key, entry.encode()) for entry in info.entry_list)
     finally:
         if own:
             store.close()

@@ -19,7 +19,10 @@ import numpy as np
 
 from mmsearch_gym.search.base import Hit, ImageQuery
 from mmsearch_gym.search.bm25 import BM25Index
-from mmsearch_gym.search.cache import CacheEntry, SearchCache, iter_entries, open_store
+from mmsearch_gym.search.cache import SearchCache
+from mmsearch_gym.search.cassette import read_cassette
+from mmsearch_gym.search.entry import CacheEntry
+from mmsearch_gym.search.store import iter_entries, open_store
 
 if TYPE_CHECKING:
     from mmsearch_gym.search.image_features import ImageIndex
@@ -59,8 +62,6 @@ class CassetteFallback:
     @classmethod
     def from_cassette(cls, path: str | Path) -> CassetteFallback:
         """Index a cassette file (validated in full)."""
-        from mmsearch_gym.search.cassette import read_cassette
-
         return cls(read_cassette(path).entry_list)
 
     @classmethod
@@ -68,7 +69,7 @@ class CassetteFallback:
         """Index a cache: a SearchCache's own backend's entries, or every entry of a directory."""
         if isinstance(cache, SearchCache):
             return cls(entry for _, entry in cache.entries())
-        store = open_store(cache, create=False)
+        store = open_store(cache, create=False, readonly="auto")
         try:
             return cls([entry for _, entry in iter_entries(store)])
         finally:

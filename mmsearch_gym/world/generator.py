@@ -33,7 +33,6 @@ import re
 import sys
 import threading
 import unicodedata
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ from PIL import Image, ImageEnhance
 
 from mmsearch_gym.errors import ConfigError, DataError
 from mmsearch_gym.grounding import AnnotationGrounder, position_name
+from mmsearch_gym.lru import LRU
 from mmsearch_gym.tasks import SEARCH_FREE, SceneObject, Task, TaskSet
 from mmsearch_gym.world.knowledge import FACT_LABELS, Entity, Knowledge, load_knowledge
 from mmsearch_gym.world.reader import FACT_NOUNS, number_words
@@ -260,22 +260,10 @@ class _RenderCache:
     episode render the scene once."""
 
     def __init__(self, size: int = 32) -> None:
-        self._size = size
-        self._items: OrderedDict[str, Image.Image] = OrderedDict()
-        self._lock = threading.Lock()
+        self._items: LRU[str, Image.Image] = LRU(size)
 
     def get(self, key: str, make: Callable[[], Image.Image]) -> Image.Image:
-        with self._lock:
-            image = self._items.get(key)
-            if image is not None:
-                self._items.move_to_end(key)
-                return image.copy()
-        image = make()
-        with self._lock:
-            self._items[key] = image
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
-        return image.copy()
+        return self._items.get_or_make(key, make).copy()
 
 
 _RENDER_CACHE = _RenderCache()

@@ -314,9 +314,9 @@ def test_store_holds_only_raw_keys_and_bytes(tmp_path: Path) -> None:
             cache.text_search(f"q{i}", 3)
             cache.image_search(ImageQuery(_image(i)), 2)
         with pytest.raises(TypeError):
-            cache.store.set("x", {"a": 1})
+            cache.store.cache.set("x", {"a": 1})
         with pytest.raises(TypeError):
-            cache.store.set(("tuple", "key"), b"x")
+            cache.store.cache.set(("tuple", "key"), b"x")
     con = sqlite3.connect(tmp_path / "cache.db")
     rows = con.execute("SELECT raw, mode FROM Cache").fetchall()
     con.close()
@@ -523,10 +523,10 @@ def test_malformed_backend_hits_are_refused_before_storing(tmp_path: Path) -> No
 def test_foreign_rows_in_the_directory_are_data_errors(tmp_path: Path, memory: MemoryBackend) -> None:
     with SearchCache(memory, tmp_path) as cache:
         cache.text_search("capital of france", 5)
-        cache.store.set("0" * 64, b"not an entry")
+        cache.store.cache.set("0" * 64, b"not an entry")
         with pytest.raises(DataError, match="not an mmsearch_gym entry"):
             list(cache.entries())
-        cache.store.set("0" * 64, 7)
+        cache.store.cache.set("0" * 64, 7)
         with pytest.raises(DataError, match="not an mmsearch_gym entry"):
             list(cache.entries())
 
@@ -534,7 +534,7 @@ def test_foreign_rows_in_the_directory_are_data_errors(tmp_path: Path, memory: M
 @pytest.mark.parametrize("fast", [True, False])
 def test_decoded_hits_are_ordinary_hits_on_both_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                       fast: bool) -> None:
-    import mmsearch_gym.search.cache as cache_module
+    import mmsearch_gym.search.entry as cache_module
 
     monkeypatch.setattr(cache_module, "_FAST_HIT", fast and cache_module._FAST_HIT)
     with SearchCache(CountingBackend(), tmp_path) as cache:
