@@ -39,7 +39,7 @@ from mmsearch_gym.grounding import AnnotationGrounder
 from mmsearch_gym.search.base import Hit
 from mmsearch_gym.tasks import SEARCH_FREE, Task
 from mmsearch_gym.world.engine import WorldSearchEngine
-from mmsearch_gym.world.generator import CATEGORIES, load_tasks
+from mmsearch_gym.world.generator import CATEGORIES, MULTI_HOP, load_tasks
 from mmsearch_gym.world.reader import EvidenceReader
 
 RESULTS = Path(__file__).resolve().parent / "results" / "world_validity.json"
@@ -80,7 +80,8 @@ def _plan_actions(task: Task) -> list[Any]:
 def _majority_answers(train_n: int, seed: int) -> dict[str, str]:
     """The most frequent first gold answer of each question template on the train split."""
     by_template: dict[str, Counter[str]] = defaultdict(Counter)
-    for task in load_tasks("train", n=train_n, seed=seed):
+    multi_hop = load_tasks("train", n=train_n // 5, seed=seed, categories=[MULTI_HOP])  # as many as a core category
+    for task in list(load_tasks("train", n=train_n, seed=seed)) + list(multi_hop):
         by_template[task.meta["template"]][task.answers[0]] += 1
     return {t: c.most_common(1)[0][0] for t, c in by_template.items()}
 

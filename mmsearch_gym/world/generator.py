@@ -385,10 +385,13 @@ class TaskGenerator:
         Tasks cycle through the wanted categories in :data:`CATEGORIES` order. Core task ``i``
         has category ``CORE_CATEGORIES[i % 5]`` and multi_hop tasks are numbered apart, so the
         tasks of some categories are exactly those of the unfiltered set, by the same ids.
+        Without ``categories`` a generated split holds the five core categories (as before
+        multi_hop existed, so every recipe and result made on it reproduces); name
+        ``"multi_hop"`` in ``categories`` to train on it.
         """
         if n < 0:
             raise ConfigError(f"n must be >= 0, got {n}")
-        wanted = _check_categories(categories)
+        wanted = set(CORE_CATEGORIES) if categories is None else _check_categories(categories)
         cycle = [c for c in CATEGORIES if c in wanted]
         keys: Any = [self._slot(cycle, k) for k in range(n)]
         if progress:
@@ -759,9 +762,10 @@ def load_tasks(split: str = "test", n: int | None = None, seed: int = 0,
                categories: Sequence[str] | None = None) -> TaskSet:
     """The built-in world's tasks.
 
-    ``"test"``: the shipped fixed split (1,000 tasks, 200 per category; the first ``n`` if
-    given; ``seed`` is ignored). ``"train"``: ``n`` tasks (default 2,000) generated from
-    ``seed`` on entities disjoint from the test split's. ``categories`` keeps only tasks of
+    ``"test"``: the shipped fixed split (1,200 tasks, 200 per category, multi_hop last; the
+    first ``n`` if given; ``seed`` is ignored). ``"train"``: ``n`` tasks (default 2,000)
+    generated from ``seed`` on entities disjoint from the test split's, of the five core
+    categories unless ``categories`` names others (``multi_hop`` is opt-in there). ``categories`` keeps only tasks of
     those categories (``n`` then counts those). Images render lazily on ``task.load_image()``.
     """
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
