@@ -14,6 +14,9 @@ search engine) and scoring them with the env's reward:
   a search of the annotated crop in >= 90 %: cropping is what the category is about.
 - rag (for reference): whole-image search, a text search built by EvidenceReader.build_query,
   then an answer; shows what always-search earns per category.
+- multi_hop: the oracle's two text searches (the second written from the first's results)
+  must be right on >= 95 %; one-shot rag (a single text search) on <= 30 %; the no-search
+  template answer on <= 5 %: a multi_hop task needs a refined second query.
 
 Writes benchmarks/results/world_validity.json. ``--limit N`` runs the first N tasks only.
 """
@@ -36,12 +39,13 @@ from mmsearch_gym.grounding import AnnotationGrounder
 from mmsearch_gym.search.base import Hit
 from mmsearch_gym.tasks import SEARCH_FREE, Task
 from mmsearch_gym.world.engine import WorldSearchEngine
-from mmsearch_gym.world.generator import CATEGORIES, load_tasks
+from mmsearch_gym.world.generator import CATEGORIES, MULTI_HOP, load_tasks
 from mmsearch_gym.world.reader import EvidenceReader
 
 RESULTS = Path(__file__).resolve().parent / "results" / "world_validity.json"
 THRESHOLDS = {"oracle_min": 0.95, "no_search_max": 0.10, "crop_whole_identify_max": 0.30,
-              "crop_box_identify_min": 0.90}
+              "crop_box_identify_min": 0.90, "multi_hop_oracle_min": 0.95, "multi_hop_one_shot_rag_max": 0.30,
+              "multi_hop_no_search_max": 0.05}
 
 DIALECT = get_dialect("mmsearch-r1")
 READER = EvidenceReader()
@@ -76,7 +80,8 @@ def _plan_actions(task: Task) -> list[Any]:
 def _majority_answers(train_n: int, seed: int) -> dict[str, str]:
     """The most frequent first gold answer of each question template on the train split."""
     by_template: dict[str, Counter[str]] = defaultdict(Counter)
-    for task in load_tasks("train", n=train_n, seed=seed):
+    multi_hop = load_tasks("train", n=train_n // 5, seed=seed, categories=[MULTI_HOP])  # as many as a core category
+    for task in list(load_tasks("train", n=train_n, seed=seed)) + list(multi_hop):
         by_template[task.meta["template"]][task.answers[0]] += 1
     return {t: c.most_common(1)[0][0] for t, c in by_template.items()}
 
@@ -149,6 +154,12 @@ def run(limit: int | None, train_n: int, seed: int) -> dict[str, Any]:
         "crop_whole_identify<=0.30": report["crop_identify"]["whole_image"] <= THRESHOLDS["crop_whole_identify_max"],
         "crop_box_identify>=0.90": report["crop_identify"]["annotated_box"] >= THRESHOLDS["crop_box_identify_min"],
     }
+    if scores["oracle"]["multi_hop"]:
+        report["checks"].update({
+            "multi_hop_oracle>=0.95": report["oracle"]["multi_hop"] >= THRESHOLDS["multi_hop_oracle_min"],
+            "multi_hop_one_shot_rag<=0.30": report["rag"]["multi_hop"] <= THRESHOLDS["multi_hop_one_shot_rag_max"],
+            "multi_hop_no_search<=0.05": report["no_search"]["multi_hop"] <= THRESHOLDS["multi_hop_no_search_max"],
+        })
     report["all_checks_pass"] = all(report["checks"].values())
     return report
 

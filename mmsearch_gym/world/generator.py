@@ -49,6 +49,8 @@ from mmsearch_gym.world.reader import FACT_NOUNS, number_words
 
 __all__ = [
     "CATEGORIES",
+    "CORE_CATEGORIES",
+    "MULTI_HOP",
     "RECIPE_FORMAT",
     "TEST_SPLIT_PATH",
     "TaskGenerator",
@@ -58,8 +60,12 @@ __all__ = [
     "task_from_recipe",
 ]
 
-CATEGORIES: tuple[str, ...] = (SEARCH_FREE, "image_search", "image_then_text", "crop", "text_only")
-"""The five task categories, in the order tasks cycle through them."""
+MULTI_HOP = "multi_hop"
+CORE_CATEGORIES: tuple[str, ...] = (SEARCH_FREE, "image_search", "image_then_text", "crop", "text_only")
+"""The first five categories: task ``i`` of a split has category ``CORE_CATEGORIES[i % 5]``."""
+CATEGORIES: tuple[str, ...] = CORE_CATEGORIES + (MULTI_HOP,)
+"""All task categories. ``multi_hop`` tasks have their own index stream (ids ``...-mh-NNNNNN``),
+so adding them left every task of the five core categories unchanged."""
 
 RECIPE_FORMAT = 1
 """Bumped whenever the meaning of a recipe field (and so the rendered pixels) changes."""
@@ -72,6 +78,9 @@ _SPLIT_CODES = {"train": 1, "test": 2}
 
 TEST_SPLIT_PATH = Path(__file__).resolve().parent / "splits" / "test.jsonl"
 TEST_SPLIT_SIZE = 1000
+"""Core tasks in the shipped test split (200 per core category)."""
+TEST_SPLIT_MULTI_HOP = 200
+"""multi_hop tasks appended after them (so the first 1,000 lines never changed)."""
 TEST_SPLIT_SEED = 2025
 DEFAULT_TRAIN_SIZE = 2000
 
@@ -121,6 +130,13 @@ _TEXT_TEMPLATES = {
     ("capital", "national_anthem"): 3, ("capital", "national_symbol"): 3,
     (None, "national_anthem"): 2, (None, "national_symbol"): 2, (None, "highest_point"): 2,
     (None, "currency"): 1, ("national_anthem", "capital"): 1, ("national_symbol", "capital"): 1,
+}
+# multi_hop: (asked fact, bridge fact) pairs whose values sit in different Factbook sections
+# (Government vs Geography), so the passage the bridge query finds lacks the asked fact.
+_MULTI_HOP_TEMPLATES = {
+    ("highest_point", "capital"): 2, ("highest_point", "national_anthem"): 2,
+    ("highest_point", "national_symbol"): 2, ("capital", "highest_point"): 2,
+    ("national_anthem", "highest_point"): 1, ("national_symbol", "highest_point"): 1,
 }
 _BRIDGE_NOUN = {"capital": "capital", "national_anthem": "national anthem",
                 "national_symbol": "national symbol", "highest_point": "highest point",
@@ -320,22 +336,30 @@ class TaskGenerator:
 
     # -- public ------------------------------------------------------------------------------
 
-    def task_id(self, split: str, seed: int, index: int) -> str:
-        return f"test-{index:06d}" if split == "test" else f"{split}-s{seed}-{index:06d}"
+    def task_id(self, split: str, seed: int, index: int, category: str | None = None) -> str:
+        number = f"mh-{index:06d}" if category == MULTI_HOP else f"{index:06d}"
+        return f"test-{number}" if split == "test" else f"{split}-s{seed}-{number}"
 
-    def recipe(self, split: str, seed: int, index: int) -> dict[str, Any]:
-        """The recipe of task ``index`` of ``split`` under ``seed``."""
+    def recipe(self, split: str, seed: int, index: int, category: str | None = None) -> dict[str, Any]:
+        """The recipe of task ``index`` of ``split`` under ``seed``: of the core category
+        ``CORE_CATEGORIES[index % 5]``, or, with ``category="multi_hop"``, task ``index`` of
+        the multi_hop stream (seeded apart, so it never shifts the core tasks)."""
         if split not in _SPLIT_CODES:
             raise ConfigError(f"unknown split {split!r}; expected 'train' or 'test'")
-        rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(index), _SPLIT_CODES[split]]))
-        category = CATEGORIES[index % len(CATEGORIES)]
+        stream = [int(seed), int(index), _SPLIT_CODES[split]]
+        if category == MULTI_HOP:
+            stream.append(len(CATEGORIES))
+        elif category is not None and category != CORE_CATEGORIES[index % len(CORE_CATEGORIES)]:
+            raise ConfigError(f"task {index} of a split is a {CORE_CATEGORIES[index % 5]} task, not {category}")
+        rng = np.random.default_rng(np.random.SeedSequence(stream))
+        category = MULTI_HOP if category == MULTI_HOP else CORE_CATEGORIES[index % len(CORE_CATEGORIES)]
         build = getattr(self, f"_build_{category}")
         for _ in range(200):
             try:
                 body = build(rng, split)
             except _Retry:
                 continue
-            recipe = {"format": RECIPE_FORMAT, "id": self.task_id(split, seed, index), "split": split,
+            recipe = {"format": RECIPE_FORMAT, "id": self.task_id(split, seed, index, category), "split": split,
                       "seed": int(seed), "index": int(index), "category": category}
             recipe.update(body)
             return recipe
@@ -346,18 +370,30 @@ class TaskGenerator:
                 categories: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """The first ``n`` recipes of ``split`` under ``seed`` (only of ``categories``, if given).
 
-        Task ``i`` has category ``CATEGORIES[i % 5]``, so the tasks of some categories are
-        exactly those of the unfiltered set, by the same ids.
+        Tasks cycle through the wanted categories in :data:`CATEGORIES` order. Core task ``i``
+        has category ``CORE_CATEGORIES[i % 5]`` and multi_hop tasks are numbered apart, so the
+        tasks of some categories are exactly those of the unfiltered set, by the same ids.
+        Without ``categories`` a generated split holds the five core categories (as before
+        multi_hop existed, so every recipe and result made on it reproduces); name
+        ``"multi_hop"`` in ``categories`` to train on it.
         """
         if n < 0:
             raise ConfigError(f"n must be >= 0, got {n}")
-        wanted = _check_categories(categories)
-        cycle = [i for i, category in enumerate(CATEGORIES) if category in wanted]
-        indices: Any = [len(CATEGORIES) * (k // len(cycle)) + cycle[k % len(cycle)] for k in range(n)]
+        wanted = set(CORE_CATEGORIES) if categories is None else _check_categories(categories)
+        cycle = [c for c in CATEGORIES if c in wanted]
+        keys: Any = [self._slot(cycle, k) for k in range(n)]
         if progress:
             from tqdm import tqdm
-            indices = tqdm(indices, desc=f"generating {split} tasks", unit="task")
-        return [self.recipe(split, seed, i) for i in indices]
+            keys = tqdm(keys, desc=f"generating {split} tasks", unit="task")
+        return [self.recipe(split, seed, index, category) for index, category in keys]
+
+    @staticmethod
+    def _slot(cycle: Sequence[str], k: int) -> tuple[int, str | None]:
+        """(index, category) of the ``k``-th task cycling through ``cycle``."""
+        block, category = divmod(k, len(cycle))[0], cycle[k % len(cycle)]
+        if category == MULTI_HOP:
+            return block, MULTI_HOP
+        return len(CORE_CATEGORIES) * block + CORE_CATEGORIES.index(category), None
 
     # -- scene pieces ----------------------------------------------------------------------
 
@@ -633,6 +669,33 @@ class TaskGenerator:
         return self._body(template, question, answers, scene, [], plan,
                           target={"entity": entity.id, "fact": asked, "bridge": bridge})
 
+    def _build_multi_hop(self, rng: np.random.Generator, split: str) -> dict[str, Any]:
+        """Two text hops: the bridge fact names the country (one Factbook section), the asked
+        fact sits in another section, so the first query's evidence cannot answer and the
+        second query must be written from what the first one returned (the country's name)."""
+        asked, bridge = self._weighted(rng, _MULTI_HOP_TEMPLATES)
+        candidates = [c for c in self.countries[split]
+                      if bridge in c.facts and asked in c.facts
+                      and _fold(c.facts[bridge]) in self._unique.get(bridge, set())
+                      and _fold(c.facts[asked]) in self._unique.get(asked, set())
+                      and '"' not in c.facts[bridge]]
+        entity = self._pick(rng, candidates)
+        value = entity.facts[bridge]
+        question = self._pick(rng, (
+            f'What is the {FACT_NOUNS[asked]} of the country whose {_BRIDGE_NOUN[bridge]} is "{value}"?',
+            f'Name the {FACT_NOUNS[asked]} of the country whose {_BRIDGE_NOUN[bridge]} is "{value}".'))
+        answers = _with_variants(entity.facts[asked])
+        if _leaks(question, answers) or _leaks(question, entity.answers):
+            raise _Retry()
+        size = SCENE_SIZE
+        scene = {"size": list(size), "background": self._background(rng, size), "flags": [],
+                 "jpeg_quality": int(rng.integers(75, 93))}
+        plan = [{"tool": "text_search", "query": f'{FACT_LABELS[bridge]} "{value}"'},
+                {"tool": "text_search", "query": f"{entity.name} {FACT_LABELS[asked]}"},
+                {"tool": "answer"}]
+        return self._body(f"multi_hop/{asked}_by_{bridge}", question, answers, scene, [], plan,
+                          target={"entity": entity.id, "fact": asked, "bridge": bridge})
+
 
 def _cell_name(cell: tuple[int, int]) -> str:
     """The position words of a grid cell (row, column), as :func:`position_name` writes them."""
@@ -687,9 +750,10 @@ def load_tasks(split: str = "test", n: int | None = None, seed: int = 0,
                categories: Sequence[str] | None = None) -> TaskSet:
     """The built-in world's tasks.
 
-    ``"test"``: the shipped fixed split (1,000 tasks, 200 per category; the first ``n`` if
-    given; ``seed`` is ignored). ``"train"``: ``n`` tasks (default 2,000) generated from
-    ``seed`` on entities disjoint from the test split's. ``categories`` keeps only tasks of
+    ``"test"``: the shipped fixed split (1,200 tasks, 200 per category, multi_hop last; the
+    first ``n`` if given; ``seed`` is ignored). ``"train"``: ``n`` tasks (default 2,000)
+    generated from ``seed`` on entities disjoint from the test split's, of the five core
+    categories unless ``categories`` names others (``multi_hop`` is opt-in there). ``categories`` keeps only tasks of
     those categories (``n`` then counts those). Images render lazily on ``task.load_image()``.
     """
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
@@ -720,9 +784,13 @@ def _check_categories(categories: Sequence[str] | None) -> set[str]:
     return set(categories)
 
 
-def write_test_split(path: Path = TEST_SPLIT_PATH, n: int = TEST_SPLIT_SIZE, seed: int = TEST_SPLIT_SEED) -> Path:
-    """Regenerate the shipped test split (deterministic: same world, same file)."""
-    recipes = TaskGenerator().recipes("test", n, seed, progress=True)
+def write_test_split(path: Path = TEST_SPLIT_PATH, n: int = TEST_SPLIT_SIZE, seed: int = TEST_SPLIT_SEED,
+                     multi_hop: int = TEST_SPLIT_MULTI_HOP) -> Path:
+    """Regenerate the shipped test split (deterministic: same world, same file): ``n`` core
+    tasks, then ``multi_hop`` multi_hop tasks."""
+    generator = TaskGenerator()
+    recipes = generator.recipes("test", n, seed, progress=True, categories=CORE_CATEGORIES)
+    recipes += generator.recipes("test", multi_hop, seed, categories=[MULTI_HOP])
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     with tmp.open("w", encoding="utf-8") as handle:
@@ -738,13 +806,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--write-test-split", action="store_true",
                         help=f"rewrite the shipped test split ({TEST_SPLIT_PATH.name})")
     parser.add_argument("--n", type=int, default=TEST_SPLIT_SIZE)
+    parser.add_argument("--multi-hop", type=int, default=TEST_SPLIT_MULTI_HOP)
     parser.add_argument("--seed", type=int, default=TEST_SPLIT_SEED)
     parser.add_argument("--out", type=Path, default=TEST_SPLIT_PATH)
     args = parser.parse_args(argv)
     if not args.write_test_split:
         parser.print_help()
         return 2
-    path = write_test_split(args.out, args.n, args.seed)
+    path = write_test_split(args.out, args.n, args.seed, args.multi_hop)
     counts: dict[str, int] = {}
     for recipe in read_recipes(path):
         counts[recipe["category"]] = counts.get(recipe["category"], 0) + 1

@@ -149,11 +149,19 @@ class EvidenceReader:
         """A text-search query from the question and the evidence so far.
 
         Text-only questions search for their bridge fact (``National anthem "La
-        Marseillaise"``); questions about a pictured country search for the identified
-        country and the asked fact's label (``France Capital``); otherwise the question.
+        Marseillaise"``), then, when the passage that matches it lacks the asked fact
+        (multi_hop), refine to that passage's country and the asked fact's label
+        (``France Highest point``); questions about a pictured country search for the
+        identified country and the asked fact's label (``France Capital``); otherwise the
+        question.
         """
         parsed = parse_question(question)
         if parsed.bridge is not None and parsed.bridge_value is not None:
+            found = self._bridged([h for h in hits if not _is_image_hit(h)], parsed.bridge, parsed.bridge_value)
+            asked = parsed.asked
+            if found is not None and asked is not None and read_fact(found.snippet, FACT_LABELS[asked]) is None:
+                # Second hop: the bridge passage named the country but lacks the asked fact.
+                return f"{_subject(found)} {FACT_LABELS[parsed.asked]}"
             return f'{FACT_LABELS[parsed.bridge]} "{parsed.bridge_value}"'
         entity = self.identify(hits)
         if entity is not None and parsed.asked is not None:
@@ -174,7 +182,10 @@ class EvidenceReader:
                 return _subject(passage)
             if parsed.asked is None:
                 return None
-            return read_fact(passage.snippet, FACT_LABELS[parsed.asked])
+            value = read_fact(passage.snippet, FACT_LABELS[parsed.asked])
+            if value is None:  # multi-hop: the fact is in another passage about that country
+                value = self._fact_of(_subject(passage), parsed.asked, text_hits)
+            return value
         if parsed.kind == "country":
             return self.identify(hits)
         if parsed.kind == "fact" and parsed.asked is not None:

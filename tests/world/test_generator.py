@@ -16,6 +16,8 @@ from mmsearch_gym.grounding import AnnotationGrounder, position_name
 from mmsearch_gym.tasks import SEARCH_FREE, TaskSet
 from mmsearch_gym.world import generator as gen
 from mmsearch_gym.world.generator import (
+    CORE_CATEGORIES,
+    MULTI_HOP,
     CATEGORIES,
     TEST_SPLIT_PATH,
     TEST_SPLIT_SEED,
@@ -61,7 +63,7 @@ def _entities(recipe: dict) -> set[str]:
 
 def test_shipped_split_is_balanced_and_loads(shipped: list[dict]) -> None:
     tasks = load_tasks("test")
-    assert isinstance(tasks, TaskSet) and len(tasks) == len(shipped) == 1000
+    assert isinstance(tasks, TaskSet) and len(tasks) == len(shipped) == 1200
     counts = {c: sum(1 for t in tasks if t.category == c) for c in CATEGORIES}
     assert counts == {c: 200 for c in CATEGORIES}
     assert [t.id for t in tasks[:3]] == ["test-000000", "test-000001", "test-000002"]
@@ -89,6 +91,40 @@ def test_shipped_split_matches_the_generator(generator: TaskGenerator, shipped: 
     for index in list(range(0, 1000, 37)) + [999]:
         assert generator.recipe("test", TEST_SPLIT_SEED, index) == shipped[index], (
             "splits/test.jsonl is stale: run `python -m mmsearch_gym.world.generator --write-test-split`")
+    for index in (0, 57, 199):
+        assert generator.recipe("test", TEST_SPLIT_SEED, index, MULTI_HOP) == shipped[1000 + index]
+
+
+def test_core_tasks_unchanged_by_multi_hop(shipped: list[dict]) -> None:
+    """Adding multi_hop shifted no core task: the first 1,000 lines are the five core
+    categories cycling as before, and multi_hop tasks have their own ids after them."""
+    assert [r["category"] for r in shipped[:10]] == list(CORE_CATEGORIES) * 2
+    assert all(r["id"] == f"test-{i:06d}" for i, r in enumerate(shipped[:1000]))
+    assert all(r["category"] == MULTI_HOP and r["id"] == f"test-mh-{i:06d}" for i, r in enumerate(shipped[1000:]))
+    assert [t.id for t in load_tasks("train", n=10, seed=1)] == [
+        t.id for t in load_tasks("train", n=10, seed=1, categories=CORE_CATEGORIES)]
+    train = load_tasks("train", n=12, seed=1, categories=CATEGORIES)
+    assert [t.category for t in train] == list(CATEGORIES) * 2
+    assert [t.id for t in train if t.category != MULTI_HOP] == [t.id for t in load_tasks("train", n=10, seed=1)]
+
+
+def test_multi_hop_needs_a_refined_second_query(generator: TaskGenerator) -> None:
+    """The bridge query's passage names the country but lacks the asked fact; the reader's
+    second query is written from that passage, and two searches answer the question."""
+    from mmsearch_gym.world.engine import WorldSearchEngine
+    from mmsearch_gym.world.reader import EvidenceReader
+
+    engine, reader = WorldSearchEngine.load(), EvidenceReader()
+    for index in range(12):
+        task = task_from_recipe(generator.recipe("train", 4, index, MULTI_HOP))
+        first_query = reader.build_query(task.question, [])
+        assert first_query == task.meta["oracle_plan"][0]["query"]
+        first = engine.text_search(first_query, 5)
+        assert reader.answer(task.question, first) is None
+        second_query = reader.build_query(task.question, first)
+        assert second_query == task.meta["oracle_plan"][1]["query"] != first_query
+        answer = reader.answer(task.question, first + engine.text_search(second_query, 5))
+        assert answer is not None and answer.casefold() in {a.casefold() for a in task.answers}
 
 
 def test_loading_does_not_render(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -138,7 +174,7 @@ def test_load_image_is_cached_copy() -> None:
 def test_train_split_generates_any_n() -> None:
     tasks = load_tasks("train", n=12, seed=1)
     assert len(tasks) == 12 and tasks[0].id == "train-s1-000000"
-    assert {t.category for t in tasks} == set(CATEGORIES)
+    assert {t.category for t in tasks} == set(CORE_CATEGORIES)  # multi_hop is opt-in for generated splits
     with pytest.raises(ConfigError, match="unknown split"):
         load_tasks("dev")
     with pytest.raises(ConfigError, match="positive int"):
@@ -177,7 +213,8 @@ def _check_recipe(recipe: dict, grounder: AnnotationGrounder) -> None:
     tools = [step["tool"] for step in plan]
     assert tools == {SEARCH_FREE: ["answer"], "image_search": ["image_search", "answer"],
                      "image_then_text": ["image_search", "text_search", "answer"],
-                     "crop": ["image_search", "answer"], "text_only": ["text_search", "answer"]}[category]
+                     "crop": ["image_search", "answer"], "text_only": ["text_search", "answer"],
+                     MULTI_HOP: ["text_search", "text_search", "answer"]}[category]
     if category == "crop":
         task = task_from_recipe(recipe)
         box = grounder.ground(recipe["target"]["expression"], task)
@@ -201,6 +238,15 @@ def _check_recipe(recipe: dict, grounder: AnnotationGrounder) -> None:
         asked = recipe["target"]["fact"]
         if asked is not None:  # the answer is in the same passage as the bridge
             assert read_fact(passage.text, FACT_LABELS[asked]) == answers[0]
+    if category == MULTI_HOP:  # one country owns the bridge; its passage lacks the asked fact
+        assert recipe["objects"] == [] and not recipe["scene"]["flags"]
+        bridge, asked = recipe["target"]["bridge"], recipe["target"]["fact"]
+        value = re.search(r'"([^"]+)"', question).group(1)
+        owners = [c.id for c in knowledge.countries() if _fold(c.facts.get(bridge, "")) == _fold(value)]
+        assert owners == [recipe["target"]["entity"]]
+        entity = knowledge.get(owners[0])
+        assert read_fact(entity.fact_passage(bridge).text, FACT_LABELS[asked]) is None
+        assert read_fact(entity.fact_passage(asked).text, FACT_LABELS[asked]) == answers[0]
     if category == SEARCH_FREE:
         count = len(recipe["objects"])
         assert 1 <= count <= 4
