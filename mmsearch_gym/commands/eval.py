@@ -16,6 +16,7 @@ import json
 import sys
 from typing import Any
 
+from mmsearch_gym.commands.components import add_component_flags, component_overrides
 from mmsearch_gym.errors import ConfigError
 
 HELP = "evaluate a policy on an env: accuracy, search ratio, calls per tool, format rate, reward"
@@ -52,6 +53,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy-set", action="append", default=[], metavar="KEY=VALUE", dest="policy_set",
                         help="a policy option, JSON value (e.g. --policy-set max_new_tokens=64 for transformers:)")
     add_run_options(parser)
+    add_component_flags(parser)
     parser.add_argument("--json", metavar="PATH", default=None, help="write the table as JSON")
     parser.add_argument("--markdown", metavar="PATH", default=None, help="write the table as Markdown")
     parser.add_argument("--per-episode", action="store_true", help="include one row per episode in --json")
@@ -87,6 +89,7 @@ def env_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides.setdefault("reward", None)  # the preset matching the dialect
     if getattr(args, "reward", None):
         overrides["reward"] = args.reward
+    overrides.update(component_overrides(args))
     return overrides
 
 
