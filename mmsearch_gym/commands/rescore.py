@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     rescored: dict[str, EvalReport] = {}
     for (policy, dialect), items in groups.items():
         label = policy if sum(1 for p, _ in groups if p == policy) == 1 else f"{policy} ({dialect})"
-        spec = build_spec(args, dialect, (items[0].env.get("kwargs") or {}).get("cache"))
+        spec = build_spec(args, dialect, items[0].env.get("cache"))
         recorded[label] = EvalReport.from_trajectories(items)
         rescored[label] = EvalReport.from_trajectories(items, rewards=rescore(items, spec),
                                                        reward_spec=spec.describe())

@@ -61,7 +61,8 @@ def _options(spec: Any, what: str) -> tuple[str, str | None, dict[str, Any]]:
         name = options.pop("name", None)
         if not isinstance(name, str):
             raise ConfigError(f"a {what} mapping needs a 'name', got {sorted(options)}")
-        return name, None, options
+        name, sep, value = name.strip().partition(":")  # {"name": "serpapi:URL", ...} as in strings
+        return name, (value if sep else None), options
     raise ConfigError(f"a {what} spec is a name or a mapping with a 'name', got {type(spec).__name__}")
 
 
@@ -149,11 +150,12 @@ class ComposedBackend:
         return f"ComposedBackend(text={self.text!r}, image={self.image!r})"
 
 
-def build_backend(spec: Any, *, cache: Mapping[str, Any] | None = None) -> SearchBackend:
+def build_backend(spec: Any) -> SearchBackend:
     """A SearchBackend from a name, ``name:VALUE`` or a mapping (see the module docstring).
 
-    ``reader`` / ``summarizer`` keys wrap it in the reading and summarising pipeline; the
-    summariser's answers are recorded under ``cache``'s directory and mode.
+    ``reader`` / ``summarizer`` keys wrap it in the reading and summarising pipeline (the
+    summariser records in ``<user cache>/services`` unless :func:`build_components` moves it
+    next to the env's search cache).
     """
     if isinstance(spec, SearchBackend) and not isinstance(spec, (str, Mapping)):
         return spec
@@ -162,11 +164,11 @@ def build_backend(spec: Any, *, cache: Mapping[str, Any] | None = None) -> Searc
     if name not in BACKENDS:
         raise ConfigError(f"unknown backend {name!r}; use one of {sorted(BACKENDS)} or a SearchBackend object")
     backend = BACKENDS[name](value, options)
-    return _pipeline(backend, pipeline, cache) if pipeline else backend
+    return _pipeline(backend, pipeline) if pipeline else backend
 
 
-def _pipeline(backend: SearchBackend, options: dict[str, Any], cache: Mapping[str, Any] | None) -> SearchBackend:
-    summarizer = build_summarizer(options["summarizer"], cache) if options.get("summarizer") else None
+def _pipeline(backend: SearchBackend, options: dict[str, Any]) -> SearchBackend:
+    summarizer = build_summarizer(options["summarizer"]) if options.get("summarizer") else None
     reader_spec = options.get("reader")
     if reader_spec:
         from mmsearch_gym.search.reader import JINA_KEY_ENV, JinaReader, ReadingBackend
@@ -198,15 +200,32 @@ def _pipeline(backend: SearchBackend, options: dict[str, Any], cache: Mapping[st
 
 
 def service_cache(cache: Mapping[str, Any] | None) -> tuple[Path | None, str]:
-    """(directory, mode) where services record: ``<cache dir>/services`` in the env cache's mode.
+    """(directory, mode) where services record, from a ``{"dir", "mode"}`` block: ``<dir>/services``.
 
-    Without a ``dir`` the directory is ``<user cache>/services``; without a cache block, mode
-    ``readthrough``.
+    The block is the env's search cache location (see :func:`services_block`); without a
+    ``dir`` services record in ``<user cache>/services``; without a mode, ``readthrough``.
     """
     cache = dict(cache or {})
     mode = str(cache.get("mode", "readthrough"))
     directory = cache.get("dir")
     return (Path(directory).expanduser() / "services" if directory else None), mode
+
+
+def services_block(backend: SearchBackend, cache: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """Where an env's services record: next to its search cache, in the same mode.
+
+    The search cache directory is the cache block's ``dir`` or its default
+    (``<user cache>/<backend name>-<version>``, as ``registration.wrap_cache`` picks it); a
+    backend that already is a SearchCache (shared by a sibling env) gives its own directory.
+    """
+    from mmsearch_gym.search.cache import SearchCache, default_cache_dir
+
+    if isinstance(backend, SearchCache):
+        return {"dir": str(backend.directory), "mode": backend.mode}
+    if not cache:
+        return None
+    directory = cache.get("dir") or default_cache_dir() / f"{backend.name}-{backend.version}".replace("/", "_")
+    return {"dir": str(directory), "mode": str(cache.get("mode", "readthrough"))}
 
 
 _BUILT: dict[tuple[str, str, str, str], Any] = {}
@@ -231,9 +250,11 @@ def build_judge(spec: Any, cache: Mapping[str, Any] | None = None) -> Any:
 
 
 def build_summarizer(spec: Any, cache: Mapping[str, Any] | None = None) -> Any:
-    """An LLMSummarizer from ``openai:URL#MODEL`` (or a mapping)."""
+    """An LLMSummarizer from ``openai:URL#MODEL`` (or a mapping); a new one per backend pipeline."""
     from mmsearch_gym.services.summarizer import LLMSummarizer
-    return _memo("summarizer", spec, cache, LLMSummarizer)
+
+    directory, mode = service_cache(cache)
+    return LLMSummarizer(spec, cache_dir=directory, cache_mode=mode)
 
 
 def build_grounder(spec: Any, cache: Mapping[str, Any] | None = None) -> Any:
@@ -292,13 +313,29 @@ def judged_reward(reward: Any, dialect: Any, judge: Any) -> Any:
 def build_components(backend: Any = "world", *, cache: Mapping[str, Any] | None = None,
                      grounder: Any = "annotations", judge: Any = None, summarizer: Any = None,
                      reward: Any = None, dialect: Any = None) -> Components:
-    """Backend (with ``summarizer`` added to its pipeline), grounder and reward from their specs."""
-    if summarizer is not None:
-        if isinstance(backend, str):
-            backend = {"name": backend}
-        if not isinstance(backend, Mapping):
-            raise ConfigError("summarizer= needs a backend given by name (a spec), not an object")
-        backend = {**backend, "summarizer": summarizer}
-    judge_fn = build_judge(judge, cache) if judge is not None else None
-    return Components(backend=build_backend(backend, cache=cache), grounder=build_grounder(grounder, cache),
+    """Backend (with ``summarizer`` added to its pipeline), grounder and reward from their specs.
+
+    Objects pass through unchanged (a SearchBackend object gets no summariser added).
+    """
+    if summarizer is not None and isinstance(backend, (str, Mapping)):
+        # A backend object is used as given: it is complete (sibling envs share one built from specs).
+        backend = {**({"name": backend} if isinstance(backend, str) else backend), "summarizer": summarizer}
+    built = build_backend(backend)
+    block = services_block(built, cache)
+    directory, mode = service_cache(block)
+    for recorder in _recorders(built):  # the summariser records next to the search cache too
+        recorder.locate(directory if directory is not None else recorder.directory, mode)
+    judge_fn = build_judge(judge, block) if judge is not None else None
+    return Components(backend=built, grounder=build_grounder(grounder, block),
                       reward=judged_reward(reward, dialect, judge_fn))
+
+
+def _recorders(backend: Any) -> list[Any]:
+    """The RecordedServices inside a backend pipeline (summarisers of reading/summarising wrappers)."""
+    found = []
+    while backend is not None:
+        recorder = getattr(getattr(backend, "summarizer", None), "recorder", None)
+        if recorder is not None:
+            found.append(recorder)
+        backend = getattr(backend, "inner", None)
+    return found

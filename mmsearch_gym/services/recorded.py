@@ -85,12 +85,25 @@ class RecordedService:
         self._backend = _ServiceBackend(name, version, params)
         self.directory = Path(directory) if directory is not None else default_cache_dir() / "services"
         self.mode = mode
-        self.cache = SearchCache(self._backend, self.directory, mode=mode)  # type: ignore[arg-type]
+        self._cache: SearchCache | None = None
         self.live_calls = 0
 
     @property
     def name(self) -> str:
         return self._backend.name
+
+    @property
+    def cache(self) -> SearchCache:
+        """The SearchCache holding the answers (opened on first use)."""
+        if self._cache is None:
+            self._cache = SearchCache(self._backend, self.directory, mode=self.mode)  # type: ignore[arg-type]
+        return self._cache
+
+    def locate(self, directory: str | Path, mode: str) -> None:
+        """Record under ``directory`` in ``mode`` instead (before the first answer only)."""
+        if self._cache is not None and (Path(directory), mode) != (self.directory, self.mode):
+            raise RuntimeError(f"{self.name}: cannot move a recorder that is already in use")
+        self.directory, self.mode = Path(directory), mode
 
     def answer(self, request: Mapping[str, Any], compute: Callable[[], str]) -> str:
         """The recorded answer to ``request``, computed (and stored) by ``compute()`` on a miss."""
@@ -114,7 +127,8 @@ class RecordedService:
         return {"live_calls": self.live_calls, "cache_hits": stats.hits}
 
     def close(self) -> None:
-        self.cache.close()
+        if self._cache is not None:
+            self._cache.close()
 
     # Pickled into env workers as configuration: the worker reopens the same directory.
     def __getstate__(self) -> dict[str, Any]:

@@ -1,0 +1,102 @@
+"""The real-world path end to end, against loopback fakes of SerpApi and an OpenAI-compatible server.
+
+``eval --tasks fvqa:FILE --backend serpapi:URL --judge openai:URL#m --summarizer openai:URL#m
+--policy openai:URL#m`` records a run; the same command in replay mode, with the fakes shut
+down, reproduces it byte for byte (judge verdicts included); ``rescore --judge`` works offline
+from the recording; no key appears in any output, cache, trajectory or log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from mmsearch_gym.cli import main
+from search.webfake import FakeWebServer
+
+from .fakes import LLM_KEY, SERP_KEY, chat_handler, serpapi_handler, write_fvqa
+
+pytest.importorskip("pyarrow")
+
+
+def _command(fvqa: Path, serp_url: str, llm_url: str, cache: Path, mode: str, out: Path) -> list[str]:
+    llm = f"openai:{llm_url}/v1"
+    cache_block = json.dumps({"mode": mode, "dir": str(cache)})
+    return ["eval", "--tasks", f"fvqa:{fvqa}", "--backend", f"serpapi:{serp_url}/search.json",
+            "--judge", f"{llm}#judge-model", "--summarizer", f"{llm}#summary-model",
+            "--policy", f"{llm}#policy-model", "--policy-set", f"cache={cache_block}",
+            "--set", f"cache={cache_block}", "--no-progress", "--per-episode",
+            "--json", str(out / "results.json"), "--trajectories", str(out / "run.jsonl")]
+
+
+def _without_timing(path: Path) -> list[dict]:
+    """Trajectories minus wall-clock timings and the cache mode (the one thing a replay changes)."""
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        row.pop("timing", None)
+        row["env"]["kwargs"]["cache"].pop("mode")
+        row["env"]["cache"].pop("mode")
+        for turn in row["turns"]:
+            turn.pop("timing", None)
+        rows.append(row)
+    return rows
+
+
+def _all_text(root: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file())
+
+
+def test_record_then_replay_offline_bit_for_bit_and_rescore(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str],
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setenv("SERPAPI_API_KEY", SERP_KEY)
+    monkeypatch.setenv("OPENAI_API_KEY", LLM_KEY)
+    fvqa = write_fvqa(tmp_path / "fvqa_test.parquet")
+    cache = tmp_path / "cache"
+    live, replayed = tmp_path / "live", tmp_path / "replayed"
+    with FakeWebServer(serpapi_handler, max_requests=50) as serp, FakeWebServer(chat_handler, max_requests=80) as llm:
+        assert main(_command(fvqa, serp.url, llm.url, cache, "readthrough", live)) == 0
+        serp_calls, llm_calls = len(serp.requests), len(llm.requests)
+        assert serp.unexpected == 0 and llm.unexpected == 0
+        serp_url, llm_url = serp.url, llm.url
+    assert serp_calls == 3  # a Lens call per episode; the second episode's web search is a cache hit
+    roles = {"judge": 2, "summary": 2, "policy": 6}  # 2 verdicts, 2 hits summarised once, 3 turns x 2
+    assert llm_calls == sum(roles.values())
+
+    recorded = json.loads((live / "results.json").read_text())
+    assert [e["correct"] for e in recorded["per_episode"]] == [True, False]  # the judge's verdicts
+    assert recorded["reward_spec"]["scorer"] == "judge:judge-model"
+    trajectory = json.loads((live / "run.jsonl").read_text().splitlines()[0])
+    assert "summary: " in trajectory["turns"][1]["observation"]  # text results were summarised
+
+    # Replay: the fakes are gone; every search, summary, completion and verdict comes from the cache.
+    assert main(_command(fvqa, serp_url, llm_url, cache, "replay", replayed)) == 0
+    assert (replayed / "results.json").read_bytes() == (live / "results.json").read_bytes()
+    assert _without_timing(replayed / "run.jsonl") == _without_timing(live / "run.jsonl")
+
+    # Rescore offline with the judge: verdicts read back from the recording, no server.
+    rescored = tmp_path / "rescored.json"
+    assert main(["rescore", str(live / "run.jsonl"), "--reward", "deepmmsearch-r1", "--offline",
+                 "--judge", f"openai:{llm_url}/v1#judge-model", "--json", str(rescored)]) == 0
+    table = json.loads(rescored.read_text())["rescored"]
+    assert next(iter(table.values()))["accuracy"] == 0.5
+
+    printed = capsys.readouterr()
+    everything = _all_text(tmp_path) + printed.out.encode() + printed.err.encode() + caplog.text.encode()
+    for key in (SERP_KEY, LLM_KEY):
+        assert key.encode() not in everything
+
+
+def test_a_missing_key_names_its_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("MY_SERP_KEY", raising=False)
+    fvqa = write_fvqa(tmp_path / "fvqa_test.parquet")
+    backend = json.dumps({"name": "serpapi", "api_key_env": "MY_SERP_KEY"})
+    assert main(["eval", "--tasks", f"fvqa:{fvqa}", "--backend", backend, "--policy", "direct",
+                 "--no-progress"]) == 2
+    assert "MY_SERP_KEY" in capsys.readouterr().err
