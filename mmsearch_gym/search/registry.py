@@ -164,6 +164,9 @@ def build_backend(spec: Any) -> SearchBackend:
     if name not in BACKENDS:
         raise ConfigError(f"unknown backend {name!r}; use one of {sorted(BACKENDS)} or a SearchBackend object")
     backend = BACKENDS[name](value, options)
+    if name not in ("world", "compose"):  # live web backends: count the calls that reach them
+        from mmsearch_gym.services.accounting import CountingBackend
+        backend = CountingBackend(backend)
     return _pipeline(backend, pipeline) if pipeline else backend
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from mmsearch_gym.search.base import Hit, ImageQuery, SearchError
 from mmsearch_gym.search.cache import SearchCache, default_cache_dir
+from mmsearch_gym.services.accounting import LEDGER
 
 __all__ = ["RecordedService", "request_digest"]
 
@@ -110,8 +111,13 @@ class RecordedService:
         request_json = json.dumps(dict(request), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
         digest = request_digest(request)
 
+        live = False
+
         def counted() -> str:
+            nonlocal live
+            live = True
             self.live_calls += 1
+            LEDGER.add(self.name, "live_calls")
             return compute()
 
         self._backend.expect(digest, request_json, counted)
@@ -119,6 +125,8 @@ class RecordedService:
             hits = self.cache.text_search(digest, 1)
         finally:
             self._backend.forget(digest)
+        if not live:
+            LEDGER.add(self.name, "cache_hits")
         return hits[0].snippet if hits else ""
 
     def stats(self) -> dict[str, int]:

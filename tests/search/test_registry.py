@@ -24,7 +24,8 @@ KEY = "serp-registry-secret-1"
 def test_backends_by_name_with_options_and_keys_from_the_named_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MY_SERP", KEY)
     serp = build_backend({"name": "serpapi", "api_key_env": "MY_SERP", "gl": "fr"})
-    assert isinstance(serp, SerpApiBackend) and serp.gl == "fr" and KEY not in repr(serp)
+    assert isinstance(serp.inner, SerpApiBackend) and serp.gl == "fr" and KEY not in repr(serp)
+    assert serp.name == "serpapi" and serp.cache_params() == serp.inner.cache_params()
     assert build_backend({"name": "serpapi:http://x/s.json", "api_key_env": "MY_SERP"}).base_url == "http://x/s.json"
     assert build_backend("searxng:http://localhost:8888").base_url == "http://localhost:8888"
     monkeypatch.setenv("GOOGLE_CLOUD_VISION_API_KEY", "v-key")

@@ -76,7 +76,21 @@ def test_record_then_replay_offline_bit_for_bit_and_rescore(tmp_path: Path, monk
 
     # Replay: the fakes are gone; every search, summary, completion and verdict comes from the cache.
     assert main(_command(fvqa, serp_url, llm_url, cache, "replay", replayed)) == 0
-    assert (replayed / "results.json").read_bytes() == (live / "results.json").read_bytes()
+    again = json.loads((replayed / "results.json").read_text())
+    live_calls, replay_calls = recorded.pop("accounting"), again.pop("accounting")
+    assert again == recorded  # every number of the table, every episode, every verdict
+    assert (replayed / "results.json").read_text().replace(json.dumps(replay_calls, indent=2, sort_keys=True)
+                                                           .replace("\n", "\n  "), "") == \
+        (live / "results.json").read_text().replace(json.dumps(live_calls, indent=2, sort_keys=True)
+                                                    .replace("\n", "\n  "), "")  # byte for byte
+    assert live_calls["calls"] == {"judge": {"live_calls": 2, "cache_hits": 0},
+                                   "policy": {"live_calls": 6, "cache_hits": 0},
+                                   "serpapi": {"live_calls": 3, "cache_hits": 0},
+                                   "summarizer": {"live_calls": 2, "cache_hits": 0}}
+    assert live_calls["search_cache_hits"] == 1 and live_calls["total_cost_usd"] == pytest.approx(3 * 0.015)
+    assert all(c["live_calls"] == 0 for c in replay_calls["calls"].values())
+    assert replay_calls["calls"]["judge"]["cache_hits"] == 2 and replay_calls["search_cache_hits"] == 4
+    assert replay_calls["total_cost_usd"] == 0
     assert _without_timing(replayed / "run.jsonl") == _without_timing(live / "run.jsonl")
 
     # Rescore offline with the judge: verdicts read back from the recording, no server.
