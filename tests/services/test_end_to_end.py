@@ -97,8 +97,19 @@ def test_record_then_replay_offline_bit_for_bit_and_rescore(tmp_path: Path, monk
     rescored = tmp_path / "rescored.json"
     assert main(["rescore", str(live / "run.jsonl"), "--reward", "deepmmsearch-r1", "--offline",
                  "--judge", f"openai:{llm_url}/v1#judge-model", "--json", str(rescored)]) == 0
-    table = json.loads(rescored.read_text())["rescored"]
+    table_all = json.loads(rescored.read_text())["rescored"]
+    table = table_all
     assert next(iter(table.values()))["accuracy"] == 0.5
+
+    # Share the verdicts as a cassette; a fresh directory that imports it rescores offline too.
+    cassette = tmp_path / "judge.jsonl"
+    assert main(["cache", "export", str(cache / "services"), "--backend", "judge", "-o", str(cassette)]) == 0
+    fresh = tmp_path / "fresh"
+    assert main(["cache", "import", str(cassette), "--dir", str(fresh / "services")]) == 0
+    again_path = tmp_path / "rescored-from-cassette.json"
+    assert main(["rescore", str(live / "run.jsonl"), "--reward", "deepmmsearch-r1", "--offline", "--judge-cache",
+                 str(fresh), "--judge", f"openai:{llm_url}/v1#judge-model", "--json", str(again_path)]) == 0
+    assert json.loads(again_path.read_text())["rescored"] == table_all
 
     printed = capsys.readouterr()
     everything = _all_text(tmp_path) + printed.out.encode() + printed.err.encode() + caplog.text.encode()
