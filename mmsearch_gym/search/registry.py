@@ -18,11 +18,13 @@ needs the transformers extra).
 
 Secrets come only from environment variables: a spec names the variable (``api_key_env``),
 never the value; a spec holding ``api_key`` is refused, and a missing key is a ConfigError
-naming the variable.
+naming the variable, except in a strict replay (cache mode ``replay``), which never calls a
+backend and so replays a shared cassette without anyone's key.
 """
 
 from __future__ import annotations
 
+import contextvars
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -37,6 +39,10 @@ __all__ = ["BACKENDS", "ComposedBackend", "Components", "build_backend", "build_
            "build_judge", "build_summarizer", "service_cache"]
 
 
+_REPLAY: contextvars.ContextVar[bool] = contextvars.ContextVar("mmsearch_gym_replay", default=False)
+"""Set while building the backend of a strict-replay env: missing keys are then not an error."""
+
+
 def _secret(options: dict[str, Any], default_env: str, service: str, *, required: bool = True) -> Secret | None:
     """The key named by ``options['api_key_env']`` (default ``default_env``), from the environment."""
     if "api_key" in options:
@@ -45,6 +51,8 @@ def _secret(options: dict[str, Any], default_env: str, service: str, *, required
     var = options.pop("api_key_env", None) or default_env
     value = os.environ.get(str(var), "").strip()
     if not value:
+        if required and _REPLAY.get():  # a strict replay never calls the backend: no key needed
+            return Secret(f"unset-{var}-in-replay")
         if required:
             raise ConfigError(f"{service} needs an API key: set the environment variable {var}")
         return None
@@ -323,7 +331,11 @@ def build_components(backend: Any = "world", *, cache: Mapping[str, Any] | None 
     if summarizer is not None and isinstance(backend, (str, Mapping)):
         # A backend object is used as given: it is complete (sibling envs share one built from specs).
         backend = {**({"name": backend} if isinstance(backend, str) else backend), "summarizer": summarizer}
-    built = build_backend(backend)
+    token = _REPLAY.set(str((cache or {}).get("mode")) == "replay")
+    try:
+        built = build_backend(backend)
+    finally:
+        _REPLAY.reset(token)
     block = services_block(built, cache)
     directory, mode = service_cache(block)
     for recorder in _recorders(built):  # the summariser records next to the search cache too

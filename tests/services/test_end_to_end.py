@@ -74,7 +74,10 @@ def test_record_then_replay_offline_bit_for_bit_and_rescore(tmp_path: Path, monk
     trajectory = json.loads((live / "run.jsonl").read_text().splitlines()[0])
     assert "summary: " in trajectory["turns"][1]["observation"]  # text results were summarised
 
-    # Replay: the fakes are gone; every search, summary, completion and verdict comes from the cache.
+    # Replay: the fakes are gone and so are the keys; every search, summary, completion and verdict
+    # comes from the cache.
+    monkeypatch.delenv("SERPAPI_API_KEY")
+    monkeypatch.delenv("OPENAI_API_KEY")
     assert main(_command(fvqa, serp_url, llm_url, cache, "replay", replayed)) == 0
     again = json.loads((replayed / "results.json").read_text())
     live_calls, replay_calls = recorded.pop("accounting"), again.pop("accounting")
@@ -92,6 +95,9 @@ def test_record_then_replay_offline_bit_for_bit_and_rescore(tmp_path: Path, monk
     assert replay_calls["calls"]["judge"]["cache_hits"] == 2 and replay_calls["search_cache_hits"] == 4
     assert replay_calls["total_cost_usd"] == 0
     assert _without_timing(replayed / "run.jsonl") == _without_timing(live / "run.jsonl")
+
+    # `mmsearch-gym replay` re-executes every recorded turn (searches, summaries, verdicts) offline.
+    assert main(["replay", str(live / "run.jsonl"), "--all", "--no-progress"]) == 0
 
     # Rescore offline with the judge: verdicts read back from the recording, no server.
     rescored = tmp_path / "rescored.json"
