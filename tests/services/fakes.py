@@ -56,8 +56,13 @@ def chat_handler(seen: SeenRequest) -> Reply:
     if first.startswith(summarizer_module.SYSTEM_PROMPT.split("{")[0][:40]):
         content = _text(messages[1]["content"]).split("CONTENT:\n", 1)[1]
         return Reply(200, completion("summary: " + " ".join(content.split())[:60]))
+    if first.startswith("Locate "):  # the VLM grounder (its prompt is the user turn's text part)
+        return Reply(200, completion("The box is [0, 0, 32, 24]."))
     question = next(q for q in QUESTIONS if any(q in _text(m.get("content")) for m in messages))
     turns = sum(1 for m in messages if m["role"] == "assistant")
+    deep = "<img_search>" in first  # the deepmmsearch-r1 dialect's system prompt
+    if turns == 0 and deep:
+        return Reply(200, completion("<reason>crop it</reason><img_search>the tower on the left</img_search>"))
     if turns == 0:
         return Reply(200, completion("<reason>what is this?</reason><search><img></search>"))
     if turns == 1:

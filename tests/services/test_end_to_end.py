@@ -131,3 +131,40 @@ def test_a_missing_key_names_its_variable(tmp_path: Path, monkeypatch: pytest.Mo
     assert main(["eval", "--tasks", f"fvqa:{fvqa}", "--backend", backend, "--policy", "direct",
                  "--no-progress"]) == 2
     assert "MY_SERP_KEY" in capsys.readouterr().err
+
+
+def test_a_grounded_run_with_crops_uploaded_to_an_image_host_replays(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """deepmmsearch-r1: a VLM grounds the crop, the built-in image server hosts it for Google Lens."""
+    monkeypatch.setenv("SERPAPI_API_KEY", SERP_KEY)
+    monkeypatch.setenv("OPENAI_API_KEY", LLM_KEY)
+    fvqa = write_fvqa(tmp_path / "fvqa_test.parquet", with_urls=False)
+    cache = tmp_path / "cache"
+
+    def command(serp_url: str, llm_url: str, mode: str, out: Path) -> list[str]:
+        block = json.dumps({"mode": mode, "dir": str(cache)})
+        backend = json.dumps({"name": f"serpapi:{serp_url}/search.json", "image_host": "local"})
+        return ["eval", "--tasks", f"fvqa:{fvqa}", "--dialect", "deepmmsearch-r1", "--backend", backend,
+                "--grounder", f"openai:{llm_url}/v1#vlm", "--judge", f"openai:{llm_url}/v1#judge-model",
+                "--policy", f"openai:{llm_url}/v1#policy-model", "--policy-set", f"cache={block}",
+                "--set", f"cache={block}", "--no-progress", "--per-episode", "--json", str(out / "r.json"),
+                "--trajectories", str(out / "run.jsonl")]
+
+    with FakeWebServer(serpapi_handler, max_requests=50) as serp, FakeWebServer(chat_handler, max_requests=80) as llm:
+        assert main(command(serp.url, llm.url, "readthrough", tmp_path / "live")) == 0
+        lens_urls = [r.param("url") for r in serp.requests if r.param("engine") == "google_lens"]
+        grounder_calls = sum("Locate " in r.body.decode() for r in llm.requests)
+        urls = serp.url, llm.url
+    assert len(lens_urls) == 2 and all(u.startswith("http://127.0.0.1:") and u.endswith(".png") for u in lens_urls)
+    assert grounder_calls == 2
+    first = json.loads((tmp_path / "live" / "run.jsonl").read_text().splitlines()[0])
+    assert first["turns"][0]["box"] == [0, 0, 32, 28] and first["turns"][0]["hits"]  # grown to 28 px by the env
+    monkeypatch.delenv("SERPAPI_API_KEY")
+    monkeypatch.delenv("OPENAI_API_KEY")
+    assert main(command(*urls, "replay", tmp_path / "replayed")) == 0
+    assert _without_timing(tmp_path / "replayed" / "run.jsonl") == _without_timing(tmp_path / "live" / "run.jsonl")
+    from mmsearch_gym.search import hosting
+
+    for server in hosting._LOCAL.values():  # the shared built-in image server of this process
+        server.close()
+    hosting._LOCAL.clear()
