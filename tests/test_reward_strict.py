@@ -9,8 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mmsearch_gym
-from mmsearch_gym.reward import (STRICT_EXTRA_TOKENS, RewardSpec, episode_reward, normalize_answer,
-                                 strict_match, substring_exact_match)
+from mmsearch_gym.reward import (
+    STRICT_EXTRA_TOKENS,
+    RewardSpec,
+    episode_reward,
+    normalize_answer,
+    strict_match,
+    substring_exact_match,
+)
 
 _ENTITIES = Path(mmsearch_gym.__file__).parent / "world" / "data" / "entities.json"
 COUNTRIES = sorted({e["name"] for e in json.loads(_ENTITIES.read_text(encoding="utf-8"))["entities"]

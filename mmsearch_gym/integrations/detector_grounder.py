@@ -69,9 +69,9 @@ class DetectorGrounder:
             return None
         image = task.load_image()
         width, height = image.size
-        text = expression if self.kind not in _OWL else [[expression]]
-        if self.kind not in _OWL and not text.endswith("."):
-            text = text.lower() + "."  # Grounding DINO's phrase format
+        text: Any = [[expression]]  # OWL: one list of queries per image
+        if self.kind not in _OWL:  # Grounding DINO: lower-case phrases ending with a period
+            text = expression.lower() if expression.endswith(".") else expression.lower() + "."
         inputs = self.processor(text=text, images=image, return_tensors="pt").to(self.model.device)
         with torch.no_grad():
             outputs = self.model(**inputs)

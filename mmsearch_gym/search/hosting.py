@@ -73,7 +73,7 @@ def presign_url(method: str, url: str, *, region: str, access_key: str, secret_k
     if not 1 <= int(expires) <= 604_800:
         raise ConfigError("a pre-signed URL expires after 1 s to 7 days (604800 s)")
     parts = urlsplit(url)
-    when = (now or _dt.datetime.now(_dt.timezone.utc)).astimezone(_dt.timezone.utc)
+    when = (now or _dt.datetime.now(_dt.UTC)).astimezone(_dt.UTC)
     stamp, day = when.strftime("%Y%m%dT%H%M%SZ"), when.strftime("%Y%m%d")
     scope = f"{day}/{region}/{service}/aws4_request"
     params = {"X-Amz-Algorithm": "AWS4-HMAC-SHA256", "X-Amz-Credential": f"{access_key}/{scope}",
@@ -186,7 +186,7 @@ class LocalImageServer:
         self._lock = threading.Lock()
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_GET(self) -> None:
                 data = images.get(self.path.lstrip("/"))
                 if data is None:
                     self.send_error(404)
@@ -234,7 +234,8 @@ def build_image_host(spec: Any) -> ImageHost:
     "public_url"}``, or an ImageHost object. Local servers are shared within a process."""
     if isinstance(spec, ImageHost) and not isinstance(spec, (str, Mapping)):
         return spec
-    options = {"name": spec} if isinstance(spec, str) else dict(spec) if isinstance(spec, Mapping) else None
+    options: dict[str, Any] | None = ({"name": spec} if isinstance(spec, str)
+                                      else dict(spec) if isinstance(spec, Mapping) else None)
     if options is None:
         raise ConfigError(f"image_host must be 's3', 'local' or a mapping, got {type(spec).__name__}")
     name = options.pop("name", None)

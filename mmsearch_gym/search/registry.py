@@ -35,8 +35,17 @@ from mmsearch_gym.errors import ConfigError
 from mmsearch_gym.search.base import Hit, ImageQuery, SearchBackend
 from mmsearch_gym.search.http import Secret
 
-__all__ = ["BACKENDS", "ComposedBackend", "Components", "build_backend", "build_components", "build_grounder",
-           "build_judge", "build_summarizer", "service_cache"]
+__all__ = [
+    "BACKENDS",
+    "Components",
+    "ComposedBackend",
+    "build_backend",
+    "build_components",
+    "build_grounder",
+    "build_judge",
+    "build_summarizer",
+    "service_cache",
+]
 
 
 _REPLAY: contextvars.ContextVar[bool] = contextvars.ContextVar("mmsearch_gym_replay", default=False)

@@ -22,7 +22,7 @@ import uuid
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from mmsearch_gym.errors import ConfigError
 from mmsearch_gym.search.base import Hit, ImageQuery, SearchBackend
@@ -186,7 +186,7 @@ class AccountedRun:
         self._previous: str | None = None
         self.counts: dict[str, dict[str, int]] = {}
 
-    def __enter__(self) -> AccountedRun:
+    def __enter__(self) -> Self:
         self._previous = os.environ.get(LEDGER_ENV)
         os.environ[LEDGER_ENV] = str(self.directory)
         LEDGER.reset()

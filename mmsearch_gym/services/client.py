@@ -107,7 +107,7 @@ class ChatClient:
         opts = self.spec.options
         self.service = service
         self._environ = environ
-        self._client_kw = {"read_timeout": float(opts.get("timeout", 120.0)),
+        self._client_kw: dict[str, Any] = {"read_timeout": float(opts.get("timeout", 120.0)),
                            "max_attempts": int(opts.get("max_attempts", 4)),
                            "base_delay": float(opts.get("base_delay", 1.0)),
                            "max_delay": float(opts.get("max_delay", 30.0)),

@@ -10,8 +10,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from mmsearch_gym.integrations.detector_grounder import DetectorGrounder  # noqa: E402
-from mmsearch_gym.tasks import Task  # noqa: E402
+from mmsearch_gym.integrations.detector_grounder import DetectorGrounder
+from mmsearch_gym.tasks import Task
 
 
 def _tiny_tokenizer(directory: Path):

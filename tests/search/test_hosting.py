@@ -23,7 +23,7 @@ from mmsearch_gym.search.registry import build_backend
 from .webfake import FakeWebServer, Reply, png_bytes
 
 ACCESS, SECRET = "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
-NOW = dt.datetime(2013, 5, 24, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2013, 5, 24, tzinfo=dt.UTC)
 
 
 def test_presigned_get_matches_aws_documented_example() -> None:
@@ -48,10 +48,10 @@ class FakeS3:
                                      region="us-east-1", access_key=ACCESS, secret_key=SECRET,
                                      expires=int(query["X-Amz-Expires"][0]),
                                      now=dt.datetime.strptime(query["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ")
-                                     .replace(tzinfo=dt.timezone.utc))
+                                     .replace(tzinfo=dt.UTC))
                 return signed.rsplit("=", 1)[1] == query.get("X-Amz-Signature", [""])[0]
 
-            def do_PUT(self) -> None:  # noqa: N802
+            def do_PUT(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 if not self._verified():
                     self.send_response(403)
@@ -63,7 +63,7 @@ class FakeS3:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 data = fake.objects.get(urlsplit(self.path).path)
                 if data is None or not self._verified():
                     self.send_response(404)

@@ -13,8 +13,14 @@ from mmsearch_gym.errors import ConfigError
 from mmsearch_gym.grounding import AnnotationGrounder
 from mmsearch_gym.reward import RewardSpec
 from mmsearch_gym.search.reader import ReadingBackend
-from mmsearch_gym.search.registry import (ComposedBackend, build_backend, build_components, build_grounder,
-                                          judged_reward, services_block)
+from mmsearch_gym.search.registry import (
+    ComposedBackend,
+    build_backend,
+    build_components,
+    build_grounder,
+    judged_reward,
+    services_block,
+)
 from mmsearch_gym.search.serpapi import SerpApiBackend
 from mmsearch_gym.services import LLMJudge, SummarizingBackend, VLMGrounder
 

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
+from search.webfake import Reply, SeenRequest
 
 from mmsearch_gym.services import judge as judge_module
 from mmsearch_gym.services import summarizer as summarizer_module
-from search.webfake import Reply, SeenRequest
 
 SERP_KEY = "serp-secret-0123456789"
 LLM_KEY = "sk-llm-secret-abcdef0123"

@@ -10,8 +10,14 @@ import pytest
 
 from mmsearch_gym.errors import ConfigError
 from mmsearch_gym.search.base import Hit, MemoryBackend
-from mmsearch_gym.services.accounting import (LEDGER, PRICES, AccountedRun, CountingBackend, accounting_report,
-                                              load_prices)
+from mmsearch_gym.services.accounting import (
+    LEDGER,
+    PRICES,
+    AccountedRun,
+    CountingBackend,
+    accounting_report,
+    load_prices,
+)
 
 
 def _worker_calls() -> None:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from search.webfake import FakeWebServer, Reply, exception_texts
 
 from mmsearch_gym.errors import ConfigError
 from mmsearch_gym.services.client import ChatClient, ServiceError, parse_service_spec
-from search.webfake import FakeWebServer, Reply, exception_texts
 
 from .fakes import completion
 

@@ -13,9 +13,9 @@ import logging
 from pathlib import Path
 
 import pytest
+from search.webfake import FakeWebServer
 
 from mmsearch_gym.cli import main
-from search.webfake import FakeWebServer
 
 from .fakes import LLM_KEY, SERP_KEY, chat_handler, serpapi_handler, write_fvqa
 

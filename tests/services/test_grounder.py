@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from search.webfake import FakeWebServer, Reply
 
 from mmsearch_gym.errors import ConfigError
 from mmsearch_gym.services.grounder import VLMGrounder, parse_box, to_original_box
 from mmsearch_gym.tasks import Task
-from search.webfake import FakeWebServer, Reply
 
 from .fakes import completion, png
 

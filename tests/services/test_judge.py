@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from search.webfake import FakeWebServer, Reply
 
 from mmsearch_gym.reward import RewardSpec, episode_reward
 from mmsearch_gym.search.cache import CacheMiss
 from mmsearch_gym.services.client import ServiceError
 from mmsearch_gym.services.judge import LLMJudge, parse_verdict
-from search.webfake import FakeWebServer, Reply
 
 from .fakes import completion
 
@@ -52,9 +52,9 @@ def test_asks_again_when_the_reply_states_no_verdict_then_records(tmp_path: Path
 
 
 def test_no_verdict_after_max_tries_is_a_service_error_never_a_guess(tmp_path: Path) -> None:
-    with FakeWebServer([Reply(200, completion("hmm"))] * 3) as server:
-        with pytest.raises(ServiceError, match="no verdict"):
-            _judge(server.url, tmp_path)("x", ["y"], "q")
+    with FakeWebServer([Reply(200, completion("hmm"))] * 3) as server, \
+            pytest.raises(ServiceError, match="no verdict"):
+        _judge(server.url, tmp_path)("x", ["y"], "q")
 
 
 def test_the_judge_is_the_rewards_scorer(tmp_path: Path) -> None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from search.webfake import FakeWebServer, Reply, SeenRequest
+
 from mmsearch_gym.search.base import Hit, ImageQuery, MemoryBackend
 from mmsearch_gym.services.summarizer import LLMSummarizer, SummarizingBackend
-from search.webfake import FakeWebServer, Reply, SeenRequest
 
 from .fakes import completion
 
