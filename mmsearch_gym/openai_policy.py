@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -96,6 +97,17 @@ def restore_stop(text: str, stops: Sequence[str], matched: Any = None) -> str:
     return text + best if best is not None else text
 
 
+def _recorder(cache: Mapping[str, Any] | None) -> Any:
+    """A RecordedService for the policy's completions when ``cache`` (``{"mode", "dir"}``) is given."""
+    if cache is None:
+        return None
+    from mmsearch_gym.search.registry import service_cache
+    from mmsearch_gym.services.recorded import RecordedService
+
+    directory, mode = service_cache(cache)
+    return RecordedService("policy", "chat-v1", {}, directory=directory, mode=mode)
+
+
 class OpenAIPolicy:
     """A model behind an OpenAI-compatible ``/chat/completions`` endpoint.
 
@@ -113,6 +125,8 @@ class OpenAIPolicy:
         max_attempts / base_delay / max_delay: retry policy for 429, 5xx and dropped connections.
         extra_body: more request fields (e.g. ``{"top_k": 20}`` for vLLM).
         max_image_pixels: images larger than this are scaled down before encoding.
+        cache: ``{"mode": "readthrough" | "record" | "replay", "dir": DIR}``: record every
+            completion under ``DIR/services`` keyed by the whole request, so a run replays offline.
     """
 
     def __init__(self, base_url: str, model: str | None = None, *, api_key: str | Secret | None = None,
@@ -120,7 +134,8 @@ class OpenAIPolicy:
                  seed: int | None = 0, workers: int = 4, timeout: float = 120.0, max_attempts: int = 4,
                  base_delay: float = 1.0, max_delay: float = 30.0,
                  extra_body: Mapping[str, Any] | None = None,
-                 max_image_pixels: int | None = MAX_IMAGE_PIXELS, name: str | None = None) -> None:
+                 max_image_pixels: int | None = MAX_IMAGE_PIXELS, name: str | None = None,
+                 cache: Mapping[str, Any] | None = None) -> None:
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ConfigError(f"base_url must be an http(s) URL like http://127.0.0.1:8000/v1, got {base_url!r}")
         if max_tokens < 1 or workers < 1:
@@ -145,6 +160,7 @@ class OpenAIPolicy:
         self._lock = threading.Lock()
         self._named = name is not None
         self.name: str = name or f"openai:{model or public_url(self.base_url)}"
+        self._recorder = _recorder(cache)
 
     # ------------------------------------------------------------------ acting ----------
     def act(self, episodes: Sequence[EpisodeView]) -> list[str]:
@@ -177,7 +193,11 @@ class OpenAIPolicy:
     def complete(self, episode: EpisodeView) -> str:
         """The action text for one episode (one request, retried on transient failures)."""
         self._resolve_model()
-        data = self._post("/chat/completions", self.request_body(episode))
+        body = self.request_body(episode)
+        if self._recorder is None:
+            data = self._post("/chat/completions", body)
+        else:  # recorded like a search: a replayed run asks no server
+            data = json.loads(self._recorder.answer(body, lambda: json.dumps(self._post("/chat/completions", body))))
         try:
             choice = data["choices"][0]
             content = choice["message"].get("content")

@@ -75,14 +75,10 @@ def resolve_tasks(tasks: TaskSet | str | Mapping[str, Any]) -> TaskSet:
     raise ConfigError(f"unknown task source {kind!r} in {tasks!r}; use world:, jsonl: or fvqa:")
 
 
-def resolve_backend(backend: SearchBackend | str) -> SearchBackend:
-    """``"world"`` (the built-in offline engine) or any SearchBackend object."""
-    if isinstance(backend, str):
-        if backend != "world":
-            raise ConfigError(f"unknown backend {backend!r}; pass 'world' or a SearchBackend object")
-        from mmsearch_gym.world import WorldSearchEngine
-        return WorldSearchEngine.load()
-    return backend
+def resolve_backend(backend: SearchBackend | str | Mapping[str, Any]) -> SearchBackend:
+    """A backend name or spec (``"world"``, ``"serpapi"``, ... see ``search/registry.py``) or a SearchBackend object."""
+    from mmsearch_gym.search.registry import build_backend
+    return build_backend(backend)
 
 
 def wrap_cache(backend: SearchBackend, cache: Mapping[str, Any] | None) -> SearchBackend:
@@ -135,12 +131,16 @@ def make_env(*, tasks: TaskSet | str | Mapping[str, Any] = "world:test",
              backend: SearchBackend | str = "world",
              cache: Mapping[str, Any] | None = None,
              grounder: Any = "annotations",
+             judge: Any = None, summarizer: Any = None,
              **env_kwargs: Any):
-    """Build an MMSearchEnv from spec values (names) or objects; see the module docstring."""
-    from mmsearch_gym.env import MMSearchEnv
+    """Build an MMSearchEnv from spec values (names) or objects; see the module docstring.
 
-    if grounder == "annotations":
-        from mmsearch_gym.grounding import AnnotationGrounder
-        grounder = AnnotationGrounder()
-    return MMSearchEnv(resolve_tasks(tasks), wrap_cache(resolve_backend(backend), cache),
-                       grounder=grounder, **env_kwargs)
+    ``backend``, ``grounder``, ``judge`` and ``summarizer`` are named as in ``search/registry.py``.
+    """
+    from mmsearch_gym.env import MMSearchEnv
+    from mmsearch_gym.search.registry import build_components
+
+    parts = build_components(backend, cache=cache, grounder=grounder, judge=judge, summarizer=summarizer,
+                             reward=env_kwargs.pop("reward", None), dialect=env_kwargs.get("dialect"))
+    return MMSearchEnv(resolve_tasks(tasks), wrap_cache(parts.backend, cache),
+                       grounder=parts.grounder, reward=parts.reward, **env_kwargs)

@@ -60,10 +60,46 @@ def token_f1(prediction: str, answers: Sequence[str]) -> float:
     return best
 
 
+STRICT_EXTRA_TOKENS = 4
+"""Words a strict-match prediction may have beyond the longest gold answer ("it is", "the city of")."""
+_LIST_SEPARATORS = re.compile(r"[,;/|\n]|\bor\b|\band/or\b|\bvs\.?\b", re.IGNORECASE)
+
+
+def strict_match(prediction: str, answers: Sequence[str]) -> float:
+    """SubEM that cannot be gamed by listing candidates (the offline stand-in for a judge).
+
+    1.0 only if all three hold, else 0.0:
+
+    1. a normalised gold answer occurs in the normalised prediction as whole words;
+    2. the prediction is not much longer than the gold: at most ``STRICT_EXTRA_TOKENS`` (4)
+       more words than the longest gold answer;
+    3. the prediction names no alternatives: split at list separators (``,`` ``;`` ``/`` ``|``,
+       new lines, "or", "and/or", "vs"), it has no more parts than the gold answer it matched
+       ("France, Germany" is wrong for "France"; "Paris, France" is right for "Paris, France").
+    """
+    pred = normalize_answer(prediction)
+    if not pred:
+        return 0.0
+    padded = f" {pred} "
+    parts = [p for p in _LIST_SEPARATORS.split(prediction) if normalize_answer(p)]
+    longest = max((len(normalize_answer(a).split()) for a in answers), default=0)
+    if len(pred.split()) > longest + STRICT_EXTRA_TOKENS:
+        return 0.0
+    for answer in answers:
+        gold = normalize_answer(answer)
+        if not gold or f" {gold} " not in padded:
+            continue
+        gold_parts = [p for p in _LIST_SEPARATORS.split(answer) if normalize_answer(p)]
+        if len(parts) <= max(1, len(gold_parts)):
+            return 1.0
+    return 0.0
+
+
 SCORERS: dict[str, Callable[[str, Sequence[str]], float]] = {
     "em": exact_match,
     "subem": substring_exact_match,
     "f1": token_f1,
+    "strict": strict_match,
 }
 
 
@@ -105,10 +141,11 @@ class RewardSpec:
     def deepmmsearch_r1(cls, judge: Judge | None = None, **overrides: Any) -> "RewardSpec":
         """DeepMMSearch-R1: no search penalty, format weight 0.1, a 0/1 judge verdict.
 
-        The paper's judge is an LLM; pass one as ``judge``. Offline, the default is SubEM
-        (the lenient end of string matching).
+        The paper's judge is an LLM; pass one as ``judge`` (or name one: ``judge=`` of
+        ``make_env``, ``--judge``). Without one the default is :func:`strict_match`: SubEM that
+        a prediction listing candidates, or much longer than the gold, cannot pass.
         """
-        return replace(cls(scorer=judge or "subem", format_weight=0.1, search_penalty=0.0,
+        return replace(cls(scorer=judge or "strict", format_weight=0.1, search_penalty=0.0,
                            dialect="deepmmsearch-r1", name="deepmmsearch-r1"), **overrides)
 
     @classmethod

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from mmsearch_gym.commands.components import add_component_flags, component_overrides
 from mmsearch_gym.commands.eval import add_run_options
 
 HELP = "evaluate the scripted baselines (direct, rag, oracle) on MMSearch-v0 and write a report"
@@ -39,6 +40,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report-episodes", type=int, default=REPORT_EPISODES, metavar="K",
                         help=f"episodes per policy shown in full in report.html (default {REPORT_EPISODES})")
     add_run_options(parser)
+    add_component_flags(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         for policy in policies:
             reports[policy] = evaluate(args.env, policy, episodes=args.episodes, workers=args.workers,
                                        seed=args.seed, trajectories=writer, progress=not args.no_progress,
-                                       batch_size=args.batch_size)
+                                       batch_size=args.batch_size, **component_overrides(args))
     title = f"{args.env} · {args.episodes} episodes per policy · seed {args.seed}"
     table = format_reports(reports, "text", title=title)
     print(table, end="")

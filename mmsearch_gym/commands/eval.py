@@ -16,6 +16,7 @@ import json
 import sys
 from typing import Any
 
+from mmsearch_gym.commands.components import add_component_flags, component_overrides
 from mmsearch_gym.errors import ConfigError
 
 HELP = "evaluate a policy on an env: accuracy, search ratio, calls per tool, format rate, reward"
@@ -52,6 +53,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy-set", action="append", default=[], metavar="KEY=VALUE", dest="policy_set",
                         help="a policy option, JSON value (e.g. --policy-set max_new_tokens=64 for transformers:)")
     add_run_options(parser)
+    add_component_flags(parser)
+    parser.add_argument("--prices", default=None, metavar="JSON|FILE",
+                        help="US dollars per live call by backend/service, over the defaults "
+                             "(e.g. '{\"serpapi\": 0.01, \"judge\": 0.0002}'); used for --json's accounting")
     parser.add_argument("--json", metavar="PATH", default=None, help="write the table as JSON")
     parser.add_argument("--markdown", metavar="PATH", default=None, help="write the table as Markdown")
     parser.add_argument("--per-episode", action="store_true", help="include one row per episode in --json")
@@ -87,6 +92,7 @@ def env_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides.setdefault("reward", None)  # the preset matching the dialect
     if getattr(args, "reward", None):
         overrides["reward"] = args.reward
+    overrides.update(component_overrides(args))
     return overrides
 
 
@@ -99,12 +105,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: appending to {args.trajectories}, which already holds episodes "
               "(replay, rescore and render read every line)", file=sys.stderr)
 
-    report = evaluate(args.env, args.policy, episodes=args.episodes, workers=args.workers, seed=args.seed,
-                      trajectories=args.trajectories, progress=not args.no_progress, batch_size=args.batch_size,
-                      embed_images=args.embed_images, policy_kwargs=parse_pairs(args.policy_set, "--policy-set"),
-                      **env_overrides(args))
+    from mmsearch_gym.services.accounting import AccountedRun, load_prices
+
+    prices = load_prices(args.prices)
+    with AccountedRun() as accounted:  # live calls and cache hits of every backend and service
+        report = evaluate(args.env, args.policy, episodes=args.episodes, workers=args.workers, seed=args.seed,
+                          trajectories=args.trajectories, progress=not args.no_progress, batch_size=args.batch_size,
+                          embed_images=args.embed_images,
+                          policy_kwargs=parse_pairs(args.policy_set, "--policy-set"), **env_overrides(args))
+    report.extra["accounting"] = accounted.report(prices, {
+        "text": sum(r.text_searches for r in report.results), "image": sum(r.image_searches for r in report.results)})
     print(report.to_text(), end="")
     print(f"{len(report.results)} episodes in {report.wall_s:.1f} s with {args.workers} worker(s)", file=sys.stderr)
+    calls = report.extra["accounting"]
+    if calls["calls"]:
+        live = ", ".join(f"{name} {c['live_calls']}" for name, c in calls["calls"].items())
+        print(f"live calls: {live}; estimated cost ${calls['total_cost_usd']:.4f}", file=sys.stderr)
     if args.json:
         report.save_json(args.json, include_episodes=args.per_episode)
         print(f"wrote {args.json}", file=sys.stderr)

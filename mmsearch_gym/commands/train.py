@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mmsearch_gym.commands.components import add_component_flags, component_overrides
 from mmsearch_gym.errors import ConfigError
 from mmsearch_gym.resources import resource_dir
 
@@ -30,6 +31,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe field (dotted keys, JSON values), e.g. --set grpo.max_steps=2")
     parser.add_argument("--list", action="store_true", help="list the shipped recipes and exit")
+    add_component_flags(parser)
 
 
 def load_recipe(name_or_path: str) -> dict[str, Any]:
@@ -86,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
     if args.recipe is None:
         raise ConfigError("name a recipe (mmsearch-gym train --list shows the shipped ones)")
     recipe = merge(load_recipe(args.recipe), parse_overrides(args.set))
+    components = component_overrides(args)
+    if components:  # the recipe's env is built by make_env, which takes these by name
+        recipe = merge(recipe, {"env": {"kwargs": components}})
     output_dir = args.output_dir or Path("runs") / recipe["name"]
     integration = _INTEGRATIONS[recipe["trainer"]]
     if integration == "trl":
