@@ -168,7 +168,7 @@ def test_reader_names_the_bad_line(recorded: dict[str, Any], tmp_path: Path) -> 
     lines = recorded["path"].read_text(encoding="utf-8").splitlines()
     bad = tmp_path / "bad.jsonl"
     bad.write_text(lines[0] + "\n" + lines[1][: len(lines[1]) // 2] + "\n" + lines[2] + "\n", encoding="utf-8")
-    with pytest.raises(DataError, match=r"bad\.jsonl:2: "):
+    with pytest.raises(DataError, match=r"bad\.jsonl line 2: "):
         read_trajectories(bad)
     row = json.loads(lines[0])
     for mutate, message in ((lambda r: r.update(version=SCHEMA_VERSION + 1), "newer"),
@@ -182,7 +182,7 @@ def test_reader_names_the_bad_line(recorded: dict[str, Any], tmp_path: Path) -> 
         path = _write(tmp_path / "one.jsonl", [row, copy])
         with pytest.raises(DataError, match=message) as err:
             read_trajectories(path)
-        assert ":2:" in str(err.value)
+        assert " line 2:" in str(err.value)
     with pytest.raises(ConfigError):
         read_trajectories(tmp_path / "missing.jsonl")
 
@@ -200,7 +200,7 @@ def test_writer_appends_and_isolates_a_partial_line(recorded: dict[str, Any], tm
         writer.write(trajs[2])
     lines = path.read_text(encoding="utf-8").splitlines()
     assert len(lines) == 3 and json.loads(lines[2])["task_id"] == trajs[2].task_id
-    with pytest.raises(DataError, match=r":2: "):
+    with pytest.raises(DataError, match=r" line 2: "):
         read_trajectories(path)
     with pytest.raises(ConfigError):
         TrajectoryWriter(path, mode="x")
