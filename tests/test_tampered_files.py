@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from fixture_world import CapitalReader, planned
 from mmsearch_gym.cli import main
 from mmsearch_gym.errors import DataError
 from mmsearch_gym.evaluate import evaluate
@@ -25,8 +24,10 @@ from mmsearch_gym.registration import make_env
 from mmsearch_gym.search.base import Hit, ImageQuery, MemoryBackend
 from mmsearch_gym.search.cache import SearchCache
 from mmsearch_gym.search.cassette import import_cassette, verify_cassette
-from mmsearch_gym.tasks import TaskSet
+from mmsearch_gym.tasks import SceneObject, Task, TaskSet
 from mmsearch_gym.trajectories import Trajectory, read_trajectories
+
+from fixture_world import CapitalReader, france_backend, planned, scene_png
 
 
 class Raw:
@@ -132,9 +133,6 @@ TRAJECTORY_CASES: list[tuple[str, list[Any], Any]] = [
 @pytest.fixture(scope="module")
 def trajectory_row(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One recorded line (with an embedded task thumbnail, a hit thumbnail and a box)."""
-    from fixture_world import france_backend, scene_png
-    from mmsearch_gym.tasks import SceneObject, Task
-
     objects = (SceneObject("flag", (200, 20, 300, 90), entity="fr",
                            attributes={"position": "top right", "size_rank": "largest"}),)
     tasks = planned(TaskSet([Task("t0", "Which country's flag is shown at the top right?", ("France",),
@@ -179,7 +177,7 @@ def test_tampered_trajectory(trajectory_row: dict[str, Any], tmp_path: Path, cap
 def test_api_values_are_checked_like_parsed_ones(trajectory_row: dict[str, Any]) -> None:
     """``Trajectory.from_json`` on a dict built in Python: inf, NaN and huge ints are refused too."""
     for path, value in ((["turns", 0, "reward"], float("inf")), (["reward", "score"], float("nan")),
-                        (["episode"], 10**5000 if False else 10**40), (["question"], "\ud800")):
+                        (["episode"], 10**40), (["question"], "\ud800")):
         row = json.loads(json.dumps(trajectory_row))
         node = row
         for key in path[:-1]:
