@@ -29,7 +29,8 @@ POLICY_EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
 _NOT_SETTABLE = {"self", "env_kwargs", "render_mode"}
 
 _JSON_NAMES = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
-               "None": "null", "object": "a JSON object", "pair": "a pair of integers [a, b]", "any": "any JSON"}
+               "pair": "a pair of integers [a, b]", "object": "a JSON object", "any": "any JSON", "None": "null"}
+"""Names of the JSON kinds, in the order messages list them."""
 
 
 def _json_kinds(annotation: str) -> set[str]:
@@ -103,9 +104,9 @@ def check_env_overrides(overrides: Mapping[str, Any], flag: str = "--set") -> No
             raise ConfigError(f"{flag} {key}=...: the env has no option {key!r}; options: {sorted(options)}")
         if not _admits(options[key], value):
             shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
-            wanted = " or ".join(_JSON_NAMES[k] for k in sorted(options[key]))
-            raise ConfigError(f"{flag} {key}={shown}: {key} takes {wanted} (values are read as JSON; "
-                              f"quote a string like {key}='\"text\"')")
+            wanted = " or ".join(name for kind, name in _JSON_NAMES.items() if kind in options[key])
+            hint = f"; quote a string like {key}='\"text\"'" if "str" in options[key] else ""
+            raise ConfigError(f"{flag} {key}={shown}: {key} takes {wanted} (values are read as JSON{hint})")
 
 
 def missing_extra(kind: str) -> str | None:
