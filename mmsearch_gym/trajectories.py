@@ -407,13 +407,14 @@ def _checked_env(f: Fields) -> Fields:
         reward.boolean("penalty_per_search", default=None)
     limits = f.object("limits", default=None)
     if limits is not None:
-        for key in ("max_turns", "image_search_budget", "text_search_budget", "top_k", "min_crop_side",
-                    "max_text_length"):
+        for key in ("max_turns", "top_k", "max_text_length"):
+            limits.integer(key, default=None, lo=1)
+        for key in ("image_search_budget", "text_search_budget", "min_crop_side"):
             limits.integer(key, default=None)
         limits.string("on_invalid", default=None, max_chars=200)
         size = limits.array("image_size", default=[1, 1], max_items=2)
         for i, side in enumerate(size):
-            Fields({"side": side}, f"env.limits.image_size[{i}]").integer("side", hi=MAX_IMAGE_SIDE)
+            Fields({"side": side}, f"env.limits.image_size[{i}]").integer("side", lo=1, hi=MAX_IMAGE_SIDE)
     backend = f.object("backend", default=None)
     if backend is not None:
         backend.string("name", default=None, max_chars=1000)
@@ -426,7 +427,7 @@ def _checked_env(f: Fields) -> Fields:
     tasks = f.object("tasks", default=None)
     if tasks is not None:
         tasks.string("name", default=None, max_chars=10_000)
-        tasks.integer("size", default=None)
+        tasks.integer("size", default=None, lo=1)
     return f
 
 

@@ -114,6 +114,7 @@ TRAJECTORY_CASES: list[tuple[str, list[Any], Any]] = [
     ("negative count", ["turns", 0, "counts", "text_searches"], -3),
     ("negative timing", ["turns", 0, "timing", "env_s"], -1.0),
     ("negative task-set size", ["env", "tasks", "size"], -1),
+    ("empty task set", ["env", "tasks", "size"], 0),
     ("negative box", ["turns", 0, "box"], [-1, 0, 10, 10]),
     ("box of strings", ["turns", 0, "box"], ["a", "b", "c", "d"]),
     ("1e999 in a box", ["turns", 0, "box"], [Raw("1e999"), 0, 10, 10]),
