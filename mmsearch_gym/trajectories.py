@@ -337,10 +337,16 @@ class Trajectory:
 
     @classmethod
     def from_json(cls, data: Any) -> "Trajectory":
-        """Check and read one parsed line; any problem is a DataError naming the field."""
+        """Check and read one parsed line (or a dict built in Python); a problem is a DataError naming the field."""
+        if isinstance(data, dict):
+            check_tree(data, "the trajectory")  # JSON types, depth, finite numbers, strings
+        return cls._from_checked(data)
+
+    @classmethod
+    def _from_checked(cls, data: Any) -> "Trajectory":
+        """``from_json`` for a value that already passed check_tree (what validation.loads returns)."""
         if not isinstance(data, dict):
             raise DataError(f"a trajectory line must be a JSON object, got {type(data).__name__}")
-        check_tree(data, "the trajectory")  # JSON types, depth, finite numbers, sizes (also for API callers)
         if data.get("schema") != SCHEMA:
             raise DataError(f"not an mmsearch_gym trajectory (schema {str(data.get('schema'))[:80]!r}, "
                             f"expected {SCHEMA!r})")
@@ -373,7 +379,7 @@ class Trajectory:
     @classmethod
     def from_line(cls, line: str | bytes) -> "Trajectory":
         """Parse one JSONL line within the bounds of :func:`mmsearch_gym.validation.loads`."""
-        return cls.from_json(loads(line))
+        return cls._from_checked(loads(line))
 
 
 MAX_IMAGE_SIDE = 1_000_000

@@ -47,6 +47,7 @@ MAX_LINE_CHARS = 256 * 1024 * 1024
 
 _TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def at_line(path: str | Path, lineno: int, message: object) -> DataError:
@@ -99,7 +100,11 @@ def _reject_constant(name: str) -> Any:
 
 
 def loads(text: str | bytes, *, max_depth: int = MAX_DEPTH) -> Any:
-    """Parse one JSON document within the bounds above; any problem is a DataError (no location)."""
+    """Parse one JSON document within the bounds above; any problem is a DataError (no location).
+
+    What it returns passes :func:`check_tree` (strings are bounded by the line length only), so
+    readers need not walk it again.
+    """
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")
@@ -110,13 +115,16 @@ def loads(text: str | bytes, *, max_depth: int = MAX_DEPTH) -> Any:
     if not _depth_ok(text, max_depth):
         raise DataError(f"arrays and objects are nested more than {max_depth} deep")
     try:
-        return json.loads(text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_reject_constant)
+        value = json.loads(text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_reject_constant)
     except DataError:
         raise
     except json.JSONDecodeError as err:
         raise DataError(f"not valid JSON ({err.msg} at column {err.colno})") from None
     except (ValueError, RecursionError, MemoryError) as err:  # the pre-scan makes these unreachable in practice
         raise DataError(f"not valid JSON ({type(err).__name__}: {str(err)[:200]})") from None
+    if _SURROGATE_ESCAPE.search(text):  # only a \\uD800-\\uDFFF escape can make a lone surrogate
+        check_tree(value, "the line", max_depth=max_depth, max_string=MAX_LINE_CHARS)
+    return value
 
 
 # -- checking parsed values --------------------------------------------------------------------
