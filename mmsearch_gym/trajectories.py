@@ -369,7 +369,7 @@ class Trajectory:
             question=f.string("question"),
             answers=[Fields({"answer": a}, f"answers[{i}]").string("answer") for i, a in enumerate(answers)],
             seed=f.integer("seed", default=None, null=True, lo=-MAX_INT),
-            policy=f.string("policy"), env=_checked_env(f.object("env")).data,
+            policy=f.string("policy"), env=dict(_checked_env(f.object("env")).data),
             image=ImageRecord.from_json(f.object("image").data), turns=turns,
             reward=_breakdown(f.object("reward")), terminated=f.boolean("terminated"),
             truncated=f.boolean("truncated"), task_index=f.integer("task_index", default=None, null=True),

@@ -105,6 +105,7 @@ def loads(text: str | bytes, *, max_depth: int = MAX_DEPTH) -> Any:
     What it returns passes :func:`check_tree` (strings are bounded by the line length only), so
     readers need not walk it again.
     """
+    decoded = isinstance(text, bytes)  # strict UTF-8 decoding cannot produce a surrogate
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")
@@ -122,7 +123,8 @@ def loads(text: str | bytes, *, max_depth: int = MAX_DEPTH) -> Any:
         raise DataError(f"not valid JSON ({err.msg} at column {err.colno})") from None
     except (ValueError, RecursionError, MemoryError) as err:  # the pre-scan makes these unreachable in practice
         raise DataError(f"not valid JSON ({type(err).__name__}: {str(err)[:200]})") from None
-    if _SURROGATE_ESCAPE.search(text):  # only a \\uD800-\\uDFFF escape can make a lone surrogate
+    if _SURROGATE_ESCAPE.search(text) or (not decoded and _SURROGATE.search(text)):
+        # a lone surrogate comes from a \\uD800-\\uDFFF escape (or a str built in Python)
         check_tree(value, "the line", max_depth=max_depth, max_string=MAX_LINE_CHARS)
     return value
 

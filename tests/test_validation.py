@@ -31,6 +31,8 @@ def test_loads_accepts_ordinary_json() -> None:
     ("1." + "0" * 100, "too long"),
     ("{", "not valid JSON"),
     (b"\xff", "not UTF-8"),
+    ('["\\ud800"]', "surrogate"),
+    ('["\ud800"]', "surrogate"),
 ])
 def test_loads_refuses_with_a_data_error(text: str | bytes, message: str) -> None:
     with pytest.raises(DataError, match=message):

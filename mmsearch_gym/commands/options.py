@@ -124,8 +124,9 @@ def missing_extra(kind: str) -> str | None:
             missing.append(module)
     if not missing:
         return None
-    return (f"the {kind}: policy needs {' and '.join(missing)}, which are not installed; "
-            f"install the extra: pip install 'mmsearch-gym[{extra}]'")
+    torch_first = " (install torch first: pip install torch)" if "torch" in missing else ""
+    return (f"the {kind}: policy needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not "
+            f"installed; install the extra: pip install 'mmsearch-gym[{extra}]'{torch_first}")
 
 
 def check_policy_spec(spec: str) -> None:
