@@ -67,7 +67,7 @@ from PIL import Image
 from mmsearch_gym.actions import action_from_json
 from mmsearch_gym.errors import ConfigError, DataError, MMSearchError
 from mmsearch_gym.reward import RewardBreakdown
-from mmsearch_gym.validation import MAX_INT, MAX_LINE_CHARS, Fields, at_line, check_tree, loads
+from mmsearch_gym.validation import MAX_INT, MAX_LINE_CHARS, SHA256_HEX, Fields, at_line, check_tree, loads
 
 if TYPE_CHECKING:
     import gymnasium as gym
@@ -136,7 +136,7 @@ class HitRecord:
         thumb = f.object("thumbnail", default=None, null=True)
         digest = raw = None
         if thumb is not None:
-            digest = thumb.string("digest", max_chars=128)
+            digest = thumb.string("digest", pattern=SHA256_HEX)
             raw = thumb.base64_bytes("data", default=None, null=True)
         return cls(url=f.string("url"), title=f.string("title"), snippet=f.string("snippet", default=""),
                    score=f.number("score"), source=f.string("source", default=""),
@@ -182,7 +182,7 @@ class ImageRecord:
             mime = thumb.string("mime")
             raw = thumb.base64_bytes("data")
             size = (thumb.integer("width", lo=1, hi=MAX_IMAGE_SIDE), thumb.integer("height", lo=1, hi=MAX_IMAGE_SIDE))
-        return cls(digest=f.string("digest", max_chars=128), width=f.integer("width", lo=1, hi=MAX_IMAGE_SIDE),
+        return cls(digest=f.string("digest", pattern=SHA256_HEX), width=f.integer("width", lo=1, hi=MAX_IMAGE_SIDE),
                    height=f.integer("height", lo=1, hi=MAX_IMAGE_SIDE), thumbnail=raw, thumbnail_size=size,
                    thumbnail_mime=mime)
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from mmsearch_gym.errors import DataError
 
-__all__ = ["MAX_DEPTH", "MAX_INT", "MAX_INT_DIGITS", "MAX_LINE_CHARS", "MAX_STRING_CHARS", "Fields", "at_line",
+__all__ = ["MAX_DEPTH", "SHA256_HEX", "MAX_INT", "MAX_INT_DIGITS", "MAX_LINE_CHARS", "MAX_STRING_CHARS", "Fields", "at_line",
            "check_tree", "loads"]
 
 MAX_DEPTH = 64
@@ -48,6 +48,8 @@ MAX_LINE_CHARS = 256 * 1024 * 1024
 _TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+"""A lowercase sha256 hex digest (how trajectories and cassettes name images)."""
 
 
 def at_line(path: str | Path, lineno: int, message: object) -> DataError:
@@ -207,7 +209,7 @@ class Fields:
         return True, value
 
     def string(self, key: str, *, default: Any = _MISSING, null: bool = False, max_chars: int = MAX_STRING_CHARS,
-            choices: tuple[str, ...] | None = None) -> Any:
+            choices: tuple[str, ...] | None = None, pattern: re.Pattern[str] | None = None) -> Any:
         found, value = self._get(key, default, null)
         if not found:
             return value
@@ -216,6 +218,8 @@ class Fields:
         _check_string(value, self.name(key), max_chars)
         if choices is not None and value not in choices:
             raise DataError(f"{self.name(key)} must be one of {list(choices)}, got {value[:80]!r}")
+        if pattern is not None and pattern.fullmatch(value) is None:
+            raise DataError(f"{self.name(key)} must match {pattern.pattern}, got {value[:80]!r}")
         return value
 
     def integer(self, key: str, *, default: Any = _MISSING, null: bool = False, lo: int = 0,

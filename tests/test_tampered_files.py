@@ -107,6 +107,8 @@ TRAJECTORY_CASES: list[tuple[str, list[Any], Any]] = [
     ("bad base64 task thumbnail", ["image", "thumbnail", "data"], "!!not base64!!"),
     ("bad base64 hit thumbnail", HIT + ["thumbnail", "data"], "%%%"),
     ("number as base64", ["image", "thumbnail", "data"], 12),
+    ("short image digest", ["image", "digest"], "abc"),
+    ("upper-case hit digest", HIT + ["thumbnail", "digest"], "F" * 64),
     ("null hit score", HIT + ["score"], None),
     ("string hit score", HIT + ["score"], "high"),
     ("negative image width", ["image", "width"], -5),

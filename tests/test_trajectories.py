@@ -87,6 +87,8 @@ def test_recorded_lines_follow_the_published_schema(recorded: dict[str, Any]) ->
     (["answers"], []),
     (["task_index"], -1),
     (["episode"], None),
+    (["image", "digest"], "abc"),
+    (["turns", 0, "hits", 0, "thumbnail", "digest"], "Z" * 64),
 ])
 def test_the_schema_is_as_strict_as_the_reader(recorded: dict[str, Any], tmp_path: Path, path: list[Any],
                                                value: Any) -> None:
