@@ -49,7 +49,6 @@ isolated on its own line and the reader reports it by line number (:class:`DataE
 from __future__ import annotations
 
 import base64
-import binascii
 import difflib
 import hashlib
 import io
@@ -66,8 +65,9 @@ from typing import IO, TYPE_CHECKING, Any
 from PIL import Image
 
 from mmsearch_gym.actions import action_from_json
-from mmsearch_gym.errors import ConfigError, DataError
+from mmsearch_gym.errors import ConfigError, DataError, MMSearchError
 from mmsearch_gym.reward import RewardBreakdown
+from mmsearch_gym.validation import MAX_INT, MAX_LINE_CHARS, SHA256_HEX, Fields, at_line, check_tree, loads
 
 if TYPE_CHECKING:
     import gymnasium as gym
@@ -131,17 +131,15 @@ class HitRecord:
         return data
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "HitRecord":
-        thumb = data.get("thumbnail")
+    def from_json(cls, data: Mapping[str, Any], where: str = "hit") -> "HitRecord":
+        f = Fields(data, where)
+        thumb = f.object("thumbnail", default=None, null=True)
         digest = raw = None
         if thumb is not None:
-            digest = _expect(thumb.get("digest"), str, "hit thumbnail digest")
-            if thumb.get("data") is not None:
-                raw = _b64(thumb["data"], "hit thumbnail data")
-        return cls(url=_expect(data["url"], str, "hit url"), title=_expect(data["title"], str, "hit title"),
-                   snippet=_expect(data.get("snippet", ""), str, "hit snippet"),
-                   score=float(_expect(data["score"], (int, float), "hit score")),
-                   source=_expect(data.get("source", ""), str, "hit source"),
+            digest = thumb.string("digest", pattern=SHA256_HEX)
+            raw = thumb.base64_bytes("data", default=None, null=True)
+        return cls(url=f.string("url"), title=f.string("title"), snippet=f.string("snippet", default=""),
+                   score=f.number("score"), source=f.string("source", default=""),
                    thumbnail_digest=digest, thumbnail=raw)
 
 
@@ -172,18 +170,21 @@ class ImageRecord:
         return {"digest": self.digest, "width": self.width, "height": self.height, "thumbnail": thumb}
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "ImageRecord":
-        thumb = data.get("thumbnail")
+    def from_json(cls, data: Mapping[str, Any], where: str = "image") -> "ImageRecord":
+        f = Fields(data, where)
+        thumb = f.object("thumbnail", default=None, null=True)
         raw = size = None
         mime = "image/jpeg"
         if thumb is not None:
-            mime = thumb.get("mime")
-            if mime not in THUMBNAIL_MIMES:
-                raise DataError(f"the task-image thumbnail must be one of {THUMBNAIL_MIMES}, got {mime!r}")
-            raw = _b64(thumb.get("data"), "task-image thumbnail")
-            size = (int(thumb["width"]), int(thumb["height"]))
-        return cls(digest=_expect(data["digest"], str, "image digest"), width=int(data["width"]),
-                   height=int(data["height"]), thumbnail=raw, thumbnail_size=size, thumbnail_mime=mime)
+            if thumb.data.get("mime") not in THUMBNAIL_MIMES:
+                raise DataError(f"the task-image thumbnail must be one of {THUMBNAIL_MIMES}, "
+                                f"got {str(thumb.data.get('mime'))[:80]!r}")
+            mime = thumb.string("mime")
+            raw = thumb.base64_bytes("data")
+            size = (thumb.integer("width", lo=1, hi=MAX_IMAGE_SIDE), thumb.integer("height", lo=1, hi=MAX_IMAGE_SIDE))
+        return cls(digest=f.string("digest", pattern=SHA256_HEX), width=f.integer("width", lo=1, hi=MAX_IMAGE_SIDE),
+                   height=f.integer("height", lo=1, hi=MAX_IMAGE_SIDE), thumbnail=raw, thumbnail_size=size,
+                   thumbnail_mime=mime)
 
 
 def encode_thumbnail(image: Image.Image, side: int = THUMBNAIL_SIDE) -> tuple[bytes, tuple[int, int]]:
@@ -232,26 +233,29 @@ class Turn:
                 "counts": dict(self.counts), "timing": {"policy_s": self.policy_s, "env_s": self.env_s}}
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "Turn":
-        action = _expect(data["action"], dict, "turn action")
+    def from_json(cls, data: Mapping[str, Any], where: str = "turn") -> "Turn":
+        f = Fields(data, where)
+        action = f.object("action").data
         try:
-            action_from_json(action)
-        except (ConfigError, KeyError, TypeError, ValueError) as err:
-            raise DataError(f"turn action {action!r} is not a recorded action: {err}") from None
+            action_from_json(dict(action))
+        except (MMSearchError, KeyError, TypeError, ValueError, AttributeError, OverflowError) as err:
+            raise DataError(f"turn action {str(action)[:200]} is not a recorded action: {str(err)[:200]}") from None
         box = data.get("box")
         if box is not None:
             if not isinstance(box, list) or len(box) != 4:
-                raise DataError(f"turn box must be null or four integers, got {box!r}")
-            box = tuple(int(v) for v in box)
-        timing = data.get("timing") or {}
-        return cls(text=_expect(data["text"], str, "turn text"), action=action,
-                   observation=_expect(data["observation"], str, "turn observation"), box=box,
-                   hits=[HitRecord.from_json(h) for h in _expect(data.get("hits", []), list, "turn hits")],
-                   search_error=data.get("search_error"),
-                   reward=float(_expect(data["reward"], (int, float), "turn reward")),
-                   terminated=bool(data["terminated"]), truncated=bool(data["truncated"]),
-                   counts={str(k): int(v) for k, v in _expect(data.get("counts", {}), dict, "turn counts").items()},
-                   policy_s=float(timing.get("policy_s", 0.0)), env_s=float(timing.get("env_s", 0.0)))
+                raise DataError(f"{f.name('box')} must be null or four integers, got {str(box)[:80]}")
+            corners = Fields({str(i): v for i, v in enumerate(box)}, f.name("box"))
+            box = tuple(corners.integer(str(i), hi=MAX_IMAGE_SIDE) for i in range(4))
+        timing = f.object("timing", default=None, null=True) or Fields({}, f.name("timing"))
+        counts = f.object("counts", default=None) or Fields({}, f.name("counts"))
+        hits = f.array("hits", default=[])
+        return cls(text=f.string("text"), action=dict(action), observation=f.string("observation"), box=box,
+                   hits=[HitRecord.from_json(h, f"{f.name('hits')}[{i}]") for i, h in enumerate(hits)],
+                   search_error=f.string("search_error", default=None, null=True),
+                   reward=f.number("reward"), terminated=f.boolean("terminated"), truncated=f.boolean("truncated"),
+                   counts={k: counts.integer(k) for k in counts.data},
+                   policy_s=timing.number("policy_s", default=0.0, lo=0.0),
+                   env_s=timing.number("env_s", default=0.0, lo=0.0))
 
     @property
     def reasoning(self) -> str:
@@ -333,63 +337,104 @@ class Trajectory:
 
     @classmethod
     def from_json(cls, data: Any) -> "Trajectory":
+        """Check and read one parsed line (or a dict built in Python); a problem is a DataError naming the field."""
+        if isinstance(data, dict):
+            check_tree(data, "the trajectory")  # JSON types, depth, finite numbers, strings
+        return cls._from_checked(data)
+
+    @classmethod
+    def _from_checked(cls, data: Any) -> "Trajectory":
+        """``from_json`` for a value that already passed check_tree (what validation.loads returns)."""
         if not isinstance(data, dict):
             raise DataError(f"a trajectory line must be a JSON object, got {type(data).__name__}")
         if data.get("schema") != SCHEMA:
-            raise DataError(f"not an mmsearch_gym trajectory (schema {data.get('schema')!r}, expected {SCHEMA!r})")
+            raise DataError(f"not an mmsearch_gym trajectory (schema {str(data.get('schema'))[:80]!r}, "
+                            f"expected {SCHEMA!r})")
         version = data.get("version")
-        if not isinstance(version, int) or version < 1:
-            raise DataError(f"trajectory version must be a positive integer, got {version!r}")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise DataError(f"trajectory version must be a positive integer, got {str(version)[:40]}")
         if version > SCHEMA_VERSION:
             raise DataError(f"trajectory version {version} was written by a newer mmsearch_gym "
                             f"(this one reads up to {SCHEMA_VERSION}); upgrade mmsearch-gym")
-        try:
-            reward = data["reward"]
-            breakdown = RewardBreakdown(**{k: reward[k] for k in RewardBreakdown.__dataclass_fields__})
-            turns = [Turn.from_json(t) for t in _expect(data["turns"], list, "turns")]
-            if not turns:
-                raise DataError("a trajectory needs at least one turn")
-            return cls(
-                episode=int(data["episode"]), task_id=_expect(data["task_id"], str, "task_id"),
-                category=_expect(data["category"], str, "category"),
-                question=_expect(data["question"], str, "question"),
-                answers=[_expect(a, str, "answer") for a in _expect(data["answers"], list, "answers")],
-                seed=None if data.get("seed") is None else int(data["seed"]),
-                policy=_expect(data["policy"], str, "policy"), env=_expect(data["env"], dict, "env"),
-                image=ImageRecord.from_json(_expect(data["image"], dict, "image")), turns=turns,
-                reward=breakdown, terminated=bool(data["terminated"]), truncated=bool(data["truncated"]),
-                task_index=None if data.get("task_index") is None else int(data["task_index"]),
-                reset_s=float((data.get("timing") or {}).get("reset_s", 0.0)), version=version,
-            )
-        except KeyError as err:
-            raise DataError(f"missing field {err.args[0]!r}") from None
-        except (TypeError, ValueError, AttributeError) as err:
-            if isinstance(err, DataError):
-                raise
-            raise DataError(f"malformed field: {err}") from None
+        f = Fields(data, "")
+        turns = [Turn.from_json(t, f"turns[{i}]") for i, t in enumerate(f.array("turns"))]
+        if not turns:
+            raise DataError("a trajectory needs at least one turn")
+        answers = f.array("answers")
+        if not answers:
+            raise DataError("answers must hold at least one gold answer")
+        timing = f.object("timing", default=None, null=True) or Fields({}, "timing")
+        return cls(
+            episode=f.integer("episode"), task_id=f.string("task_id"), category=f.string("category"),
+            question=f.string("question"),
+            answers=[Fields({"answer": a}, f"answers[{i}]").string("answer") for i, a in enumerate(answers)],
+            seed=f.integer("seed", default=None, null=True, lo=-MAX_INT),
+            policy=f.string("policy"), env=dict(_checked_env(f.object("env")).data),
+            image=ImageRecord.from_json(f.object("image").data), turns=turns,
+            reward=_breakdown(f.object("reward")), terminated=f.boolean("terminated"),
+            truncated=f.boolean("truncated"), task_index=f.integer("task_index", default=None, null=True),
+            reset_s=timing.number("reset_s", default=0.0, lo=0.0), version=version,
+        )
 
     @classmethod
-    def from_line(cls, line: str) -> "Trajectory":
-        try:
-            data = json.loads(line)
-        except (ValueError, RecursionError) as err:
-            raise DataError(f"not valid JSON ({err})") from None
-        return cls.from_json(data)
+    def from_line(cls, line: str | bytes) -> "Trajectory":
+        """Parse one JSONL line within the bounds of :func:`mmsearch_gym.validation.loads`."""
+        return cls._from_checked(loads(line))
 
 
-def _expect(value: Any, kind: type | tuple[type, ...], what: str) -> Any:
-    if not isinstance(value, kind) or (kind in ((int, float), int) and isinstance(value, bool)):
-        raise DataError(f"{what} has the wrong type ({type(value).__name__})")
-    return value
+MAX_IMAGE_SIDE = 1_000_000
+"""Largest image side or box coordinate a trajectory may hold (pixels)."""
 
 
-def _b64(value: Any, what: str) -> bytes:
-    if not isinstance(value, str):
-        raise DataError(f"{what} must be base64 text")
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise DataError(f"{what} is not valid base64") from None
+def _breakdown(f: Fields) -> RewardBreakdown:
+    """The episode's RewardBreakdown, every field typed (rescore and the tables read them)."""
+    counts = {k: f.integer(k) for k in ("searches", "image_searches", "text_searches")}
+    numbers = {k: f.number(k) for k in ("reward", "score", "raw_score", "format", "penalty")}
+    return RewardBreakdown(**numbers, **counts, answer=f.string("answer", null=True))
+
+
+def _checked_env(f: Fields) -> Fields:
+    """Type-check the ``env`` block's known fields (render, rescore and replay read them).
+
+    Absent fields are allowed (a custom recorder may write less); present ones must have the
+    documented types, so a reader never meets a string where a count belongs.
+    """
+    f.string("id", default=None, null=True)
+    f.object("kwargs", default=None)
+    for i, name in enumerate(f.array("opaque_kwargs", default=[])):
+        Fields({"name": name}, f"env.opaque_kwargs[{i}]").string("name")
+    f.string("dialect", default=None, max_chars=200)
+    reward = f.object("reward", default=None)
+    if reward is not None:
+        for key in ("name", "scorer", "dialect"):
+            reward.string(key, default=None, max_chars=200)
+        for key in ("format_weight", "search_penalty"):
+            reward.number(key, default=None, lo=0.0, hi=1.0)
+        reward.boolean("penalty_per_search", default=None)
+    limits = f.object("limits", default=None)
+    if limits is not None:
+        for key in ("max_turns", "top_k", "max_text_length"):
+            limits.integer(key, default=None, lo=1)
+        for key in ("image_search_budget", "text_search_budget", "min_crop_side"):
+            limits.integer(key, default=None)
+        limits.string("on_invalid", default=None, max_chars=200)
+        size = limits.array("image_size", default=[1, 1], max_items=2)
+        for i, side in enumerate(size):
+            Fields({"side": side}, f"env.limits.image_size[{i}]").integer("side", lo=1, hi=MAX_IMAGE_SIDE)
+    backend = f.object("backend", default=None)
+    if backend is not None:
+        backend.string("name", default=None, max_chars=1000)
+        backend.string("version", default=None, max_chars=1000)
+    cache = f.object("cache", default=None, null=True)
+    if cache is not None:
+        for key in ("mode", "dir", "name", "version"):
+            cache.string(key, default=None, max_chars=10_000)
+        cache.object("params", default=None)
+    tasks = f.object("tasks", default=None)
+    if tasks is not None:
+        tasks.string("name", default=None, max_chars=10_000)
+        tasks.integer("size", default=None, lo=1)
+    return f
 
 
 # --------------------------------------------------------------------------------------------
@@ -505,27 +550,27 @@ class TrajectoryWriter:
 
 
 def iter_trajectories(path: str | Path) -> Iterator[Trajectory]:
-    """Trajectories of a JSONL file in file order; a bad line raises DataError naming its number."""
+    """Trajectories of a JSONL file in file order; a bad line raises ``DataError("FILE line N: ...")``."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"no trajectories file at {path}")
-    with path.open("r", encoding="utf-8", errors="strict", newline="\n") as handle:
+    with path.open("rb") as handle:
         number = 0
         while True:
-            try:
-                line = handle.readline()
-            except UnicodeDecodeError as err:
-                raise DataError(f"{path}:{number + 1}: not UTF-8 text ({err.reason})") from None
-            if not line:
+            raw = handle.readline(MAX_LINE_CHARS + 1)
+            if not raw:
                 return
             number += 1
-            if not line.strip():
+            if not raw.strip():
                 continue
             try:
-                yield Trajectory.from_line(line)
+                if len(raw) > MAX_LINE_CHARS:
+                    raise DataError(f"the line is longer than {MAX_LINE_CHARS} bytes")
+                trajectory = Trajectory.from_line(raw)
             except DataError as err:
-                raise DataError(f"{path}:{number}: bad trajectory line: {err}. Fix or delete that line "
-                                "(a crash while writing leaves at most one partial line).") from None
+                raise at_line(path, number, f"bad trajectory line: {err}. Fix or delete that line "
+                                            "(a crash while writing leaves at most one partial line).") from None
+            yield trajectory
 
 
 def read_trajectories(path: str | Path) -> list[Trajectory]:

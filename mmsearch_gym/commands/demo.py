@@ -44,35 +44,46 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import contextlib
+
+    from mmsearch_gym.commands.options import check_policy_spec
     from mmsearch_gym.errors import ConfigError
     from mmsearch_gym.evaluate import EvalReport, evaluate, format_reports
+    from mmsearch_gym.fileio import atomic_path
     from mmsearch_gym.render import write_report
     from mmsearch_gym.trajectories import TrajectoryWriter
 
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     if not policies:
         raise ConfigError("--policies needs at least one policy spec")
+    for policy in policies:
+        check_policy_spec(policy)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    traj_path = out / "trajectories.jsonl"
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a folder")
+    names = ("trajectories.jsonl", "results.json", "results.md", "report.html")
     started = time.perf_counter()
     reports: dict[str, EvalReport] = {}
-    with TrajectoryWriter(traj_path, mode="w") as writer:
-        for policy in policies:
-            reports[policy] = evaluate(args.env, policy, episodes=args.episodes, workers=args.workers,
-                                       seed=args.seed, trajectories=writer, progress=not args.no_progress,
-                                       batch_size=args.batch_size, **component_overrides(args))
-    title = f"{args.env} · {args.episodes} episodes per policy · seed {args.seed}"
-    table = format_reports(reports, "text", title=title)
-    print(table, end="")
-    (out / "results.json").write_text(json.dumps({p: r.to_json() for p, r in reports.items()}, indent=2,
-                                                 sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-    (out / "results.md").write_text(format_reports(reports, "markdown", title=title), encoding="utf-8")
-    # Pixels are not embedded in the trajectories (they stay small); the report rebuilds the task
-    # images from the world and reads result thumbnails from the run's cache, hash-checked.
-    write_report(traj_path, out / "report.html", title=f"mmsearch_gym demo: {title}",
-                 max_episodes=args.report_episodes)
+    # Every output is written to a temporary file and replaces the old one only when all are done:
+    # a failed or interrupted demo leaves an earlier demo's files as they were.
+    with contextlib.ExitStack() as outputs:
+        tmp = {name: outputs.enter_context(atomic_path(out / name)) for name in names}
+        with TrajectoryWriter(tmp["trajectories.jsonl"], mode="w") as writer:
+            for policy in policies:
+                reports[policy] = evaluate(args.env, policy, episodes=args.episodes, workers=args.workers,
+                                           seed=args.seed, trajectories=writer, progress=not args.no_progress,
+                                           batch_size=args.batch_size, **component_overrides(args))
+        title = f"{args.env} · {args.episodes} episodes per policy · seed {args.seed}"
+        table = format_reports(reports, "text", title=title)
+        print(table, end="")
+        tmp["results.json"].write_text(json.dumps({p: r.to_json() for p, r in reports.items()}, indent=2,
+                                                  sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+        tmp["results.md"].write_text(format_reports(reports, "markdown", title=title), encoding="utf-8")
+        # Pixels are not embedded in the trajectories (they stay small); the report rebuilds the task
+        # images from the world and reads result thumbnails from the run's cache, hash-checked.
+        write_report(tmp["trajectories.jsonl"], tmp["report.html"], title=f"mmsearch_gym demo: {title}",
+                     max_episodes=args.report_episodes)
     elapsed = time.perf_counter() - started
     print(f"\ndemo finished in {elapsed:.1f} s; wrote {out / 'results.json'}, {out / 'results.md'}, "
-          f"{out / 'report.html'} and {traj_path}", file=sys.stderr)
+          f"{out / 'report.html'} and {out / 'trajectories.jsonl'}", file=sys.stderr)
     return 0

@@ -61,7 +61,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--markdown", metavar="PATH", default=None, help="write the table as Markdown")
     parser.add_argument("--per-episode", action="store_true", help="include one row per episode in --json")
     parser.add_argument("--trajectories", metavar="PATH", default=None,
-                        help="append one JSON line per episode (replay / rescore / render read it)")
+                        help="write one JSON line per episode (replay / rescore / render read it); an existing "
+                             "non-empty file needs --append or --overwrite")
+    existing = parser.add_mutually_exclusive_group()
+    existing.add_argument("--append", action="store_true", help="add the episodes to an existing --trajectories file")
+    existing.add_argument("--overwrite", action="store_true",
+                          help="replace an existing --trajectories file (the old one stays until the run succeeds)")
     parser.add_argument("--embed-images", action="store_true",
                         help="store task-image and result thumbnails in the trajectories (for render)")
 
@@ -96,23 +101,57 @@ def env_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
-def run(args: argparse.Namespace) -> int:
+def trajectories_target(path: str | None, *, append: bool, overwrite: bool) -> str:
+    """How ``--trajectories`` is written: "new", "append" or "overwrite"; ConfigError for a
+    non-empty existing file without ``--append`` or ``--overwrite`` (checked before any episode)."""
     from pathlib import Path
 
+    if (append or overwrite) and not path:
+        raise ConfigError("--append and --overwrite apply to --trajectories FILE, which is not given")
+    target = Path(path) if path else None
+    if target is not None and target.exists() and not target.is_file():
+        raise ConfigError(f"--trajectories {path} exists and is not a file")
+    holds = target is not None and target.is_file() and target.stat().st_size > 0
+    if holds and not (append or overwrite):
+        raise ConfigError(f"--trajectories {path} already holds episodes; pass --append to add to it or "
+                          "--overwrite to replace it")
+    return "append" if (holds and append) else "overwrite" if (holds and overwrite) else "new"
+
+
+def run(args: argparse.Namespace) -> int:
+    import contextlib
+    from pathlib import Path
+
+    from mmsearch_gym.commands.options import check_env_overrides, check_policy_spec
     from mmsearch_gym.evaluate import evaluate
-
-    if args.trajectories and Path(args.trajectories).is_file() and Path(args.trajectories).stat().st_size:
-        print(f"note: appending to {args.trajectories}, which already holds episodes "
-              "(replay, rescore and render read every line)", file=sys.stderr)
-
+    from mmsearch_gym.fileio import atomic_path
     from mmsearch_gym.services.accounting import AccountedRun, load_prices
 
+    # Every argument is checked before any file is touched.
+    overrides = env_overrides(args)
+    check_env_overrides(overrides)
+    policy_kwargs = parse_pairs(args.policy_set, "--policy-set")
+    check_policy_spec(args.policy)
+    how = trajectories_target(args.trajectories, append=args.append, overwrite=args.overwrite)
     prices = load_prices(args.prices)
-    with AccountedRun() as accounted:  # live calls and cache hits of every backend and service
-        report = evaluate(args.env, args.policy, episodes=args.episodes, workers=args.workers, seed=args.seed,
-                          trajectories=args.trajectories, progress=not args.no_progress, batch_size=args.batch_size,
-                          embed_images=args.embed_images,
-                          policy_kwargs=parse_pairs(args.policy_set, "--policy-set"), **env_overrides(args))
+    with contextlib.ExitStack() as outputs:
+        trajectories: Path | None = None
+        if args.trajectories:
+            # --overwrite writes a temporary file that replaces the old one only when the run succeeds;
+            # a new file or --append is written episode by episode (a crash keeps finished episodes).
+            trajectories = (outputs.enter_context(atomic_path(args.trajectories)) if how == "overwrite"
+                            else Path(args.trajectories))
+        try:
+            with AccountedRun() as accounted:  # live calls and cache hits of every backend and service
+                report = evaluate(args.env, args.policy, episodes=args.episodes, workers=args.workers,
+                                  seed=args.seed, trajectories=trajectories, progress=not args.no_progress,
+                                  batch_size=args.batch_size, embed_images=args.embed_images,
+                                  policy_kwargs=policy_kwargs, **overrides)
+        except BaseException:
+            if how == "new" and trajectories is not None and trajectories.is_file() \
+                    and trajectories.stat().st_size == 0:
+                trajectories.unlink()  # no episode finished: leave no empty file behind
+            raise
     report.extra["accounting"] = accounted.report(prices, {
         "text": sum(r.text_searches for r in report.results), "image": sum(r.image_searches for r in report.results)})
     print(report.to_text(), end="")
@@ -122,11 +161,16 @@ def run(args: argparse.Namespace) -> int:
         live = ", ".join(f"{name} {c['live_calls']}" for name, c in calls["calls"].items())
         print(f"live calls: {live}; estimated cost ${calls['total_cost_usd']:.4f}", file=sys.stderr)
     if args.json:
-        report.save_json(args.json, include_episodes=args.per_episode)
+        with atomic_path(args.json) as tmp:
+            report.save_json(tmp, include_episodes=args.per_episode)
         print(f"wrote {args.json}", file=sys.stderr)
     if args.markdown:
-        report.save_markdown(args.markdown)
+        with atomic_path(args.markdown) as tmp:
+            report.save_markdown(tmp)
         print(f"wrote {args.markdown}", file=sys.stderr)
     if args.trajectories:
-        print(f"appended {len(report.results)} trajectories to {args.trajectories}", file=sys.stderr)
+        n = len(report.results)
+        print({"append": f"appended {n} trajectories to {args.trajectories}",
+               "overwrite": f"replaced {args.trajectories} with {n} trajectories",
+               "new": f"wrote {n} trajectories to {args.trajectories}"}[how], file=sys.stderr)
     return 0

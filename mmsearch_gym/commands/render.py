@@ -27,10 +27,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mmsearch_gym.fileio import atomic_path
     from mmsearch_gym.render import write_report
 
-    path = write_report(args.trajectories, args.output, title=args.title, max_episodes=args.max_episodes,
-                        resolve_images=not args.no_resolve)
+    with atomic_path(args.output) as tmp:  # a bad trajectories file leaves an earlier report as it was
+        write_report(args.trajectories, tmp, title=args.title, max_episodes=args.max_episodes,
+                     resolve_images=not args.no_resolve)
+    path = Path(args.output)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
     print(str(path))
     return 0

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from mmsearch_gym.commands.components import add_component_flags, parse_component
@@ -62,6 +61,7 @@ def build_spec(args: argparse.Namespace, dialect: str | None, cache: dict[str, A
 
 def run(args: argparse.Namespace) -> int:
     from mmsearch_gym.evaluate import EvalReport, format_reports
+    from mmsearch_gym.fileio import write_text_atomic
     from mmsearch_gym.trajectories import read_trajectories, rescore
 
     trajectories = read_trajectories(args.trajectories)
@@ -85,9 +85,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         data = {"recorded": {k: r.to_json() for k, r in recorded.items()},
                 "rescored": {k: r.to_json() for k, r in rescored.items()}}
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+        write_text_atomic(args.json, json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
         print(f"wrote {args.json}", file=sys.stderr)
     return 0
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mmsearch_gym import validation
 from mmsearch_gym.errors import ConfigError, DataError
 from mmsearch_gym.search.base import Hit
 from mmsearch_gym.search.entry import CacheEntry, normalize_query
@@ -197,10 +198,6 @@ def _check_keys(obj: Mapping[str, Any], expected: set[str], what: str) -> None:
     _expect(not problems, f"{what} has " + "; ".join(problems))
 
 
-def _no_constants(name: str) -> Any:
-    raise _Bad(f"{name} is not valid JSON (numbers must be finite)")
-
-
 def _parse_header(obj: Any) -> dict[str, Any]:
     _expect(isinstance(obj, dict), "the header must be a JSON object")
     _expect(obj.get("format") == FORMAT, f"not a cassette: the header's format must be {FORMAT!r}")
@@ -297,9 +294,9 @@ def read_cassette(path: str | Path) -> CassetteInfo:
                     raise _Bad(f"not UTF-8 ({err.reason} at byte {err.start})") from None
                 _expect(text.strip() != "", "empty line")
                 try:
-                    obj = json.loads(text, parse_constant=_no_constants)
-                except json.JSONDecodeError as err:
-                    raise _Bad(f"not valid JSON ({err.msg} at column {err.colno})") from None
+                    obj = validation.loads(text)  # bounded: depth, integer digits, finite numbers, text
+                except DataError as err:
+                    raise _Bad(str(err)) from None
                 if lineno == 1:
                     header = _parse_header(obj)
                     continue
