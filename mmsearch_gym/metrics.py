@@ -40,6 +40,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import TYPE_CHECKING, Any, Literal
 
 from mmsearch_gym.actions import Answer
@@ -118,7 +119,7 @@ class EpisodeResult:
         return cls(episode=episode, task_id=task_id, category=category, reward=reward,
                    image_searches=len(search_log) - sum(texts), text_searches=sum(texts), turns=turns,
                    crop_searches=sum(kind == "crop" for kind in search_log),
-                   text_refinements=sum(a and b for a, b in zip(texts, texts[1:])),
+                   text_refinements=sum(a and b for a, b in pairwise(texts)),
                    answered=answered, last_search=last, invalid_turns=invalid_turns)
 
     @classmethod

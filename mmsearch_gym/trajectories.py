@@ -70,14 +70,12 @@ from mmsearch_gym.reward import RewardBreakdown
 from mmsearch_gym.runner import EpisodeEnd, StepEvent
 
 if TYPE_CHECKING:
-    import gymnasium as gym
-
     from mmsearch_gym.reward import RewardSpec
     from mmsearch_gym.search.base import Hit
     from mmsearch_gym.tasks import TaskSet
 
 __all__ = [
-    "SCHEMA", "SCHEMA_VERSION", "HitRecord", "ImageRecord", "Mismatch", "ReplayReport", "Trajectory",
+    "SCHEMA", "SCHEMA_VERSION", "HitRecord", "ImageRecord", "Trajectory",
     "TrajectoryRecorder", "TrajectoryWriter", "Turn", "describe_env", "encode_thumbnail", "hit_record",
     "iter_trajectories", "read_trajectories", "rescore", "turn_from_step",
 ]
