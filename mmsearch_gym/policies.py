@@ -40,10 +40,8 @@ import contextlib
 import importlib
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
-
-from PIL import Image
 
 from mmsearch_gym.actions import (
     UNABLE_TO_ANSWER,
@@ -56,7 +54,13 @@ from mmsearch_gym.actions import (
     TextSearch,
     get_dialect,
 )
-from mmsearch_gym.chat import RESULT_IMAGE_MARKER, first_image, interleave_images, text_only_content
+from mmsearch_gym.chat import (
+    RESULT_IMAGE_MARKER,
+    first_image,
+    interleave_images,
+    text_only_content,
+)
+from mmsearch_gym.episode_view import EpisodeView, Step
 from mmsearch_gym.errors import ConfigError, MMSearchError
 from mmsearch_gym.search.base import Hit
 from mmsearch_gym.tasks import SEARCH_FREE, SceneObject, Task, TaskSet
@@ -77,6 +81,7 @@ __all__ = [
     "ScriptedPolicy",
     "Step",
     "cut_at_stop",
+    "first_image",
     "interleave_images",
     "make_policy",
     "register_policy",
@@ -86,92 +91,6 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------
 # The protocol
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Step:
-    """One finished assistant turn of an episode: what the policy said and what came back."""
-
-    text: str
-    """The raw action text the policy emitted."""
-    action: Action
-    """The action as the env parsed (and resolved) it; an unresolvable crop is ``Invalid``."""
-    observation_text: str
-    """The env's answer: tool results, feedback on an invalid turn, or "" after an answer."""
-    hits: list[Hit] = field(default_factory=list)
-    box: tuple[int, int, int, int] | None = None
-    """The pixel box an image search looked at (None for whole-image searches and other actions)."""
-
-
-@dataclass
-class EpisodeView:
-    """Everything a policy may look at for one running episode.
-
-    Build one with :meth:`start` right after ``env.reset`` and call :meth:`record` after every
-    ``env.step``; the view then always holds the latest observation and info (``messages`` is
-    the full chat so far, ready for a chat template) plus one :class:`Step` per finished turn.
-    """
-
-    task_id: str
-    question: str
-    image: Image.Image
-    """The original task image (full resolution, not the letterboxed observation)."""
-    dialect: Dialect
-    observation: dict[str, Any]
-    """The latest env observation ``{"image": uint8 array, "text": str}``."""
-    info: dict[str, Any]
-    """The latest env info (``messages``, ``category``, counters ...)."""
-    steps: list[Step] = field(default_factory=list)
-
-    @property
-    def messages(self) -> list[dict[str, Any]]:
-        """The chat so far (system, user with the image, assistant turns, tool results)."""
-        return self.info["messages"]
-
-    @property
-    def category(self) -> str | None:
-        """The task's category as the env reports it (e.g. ``search_free``), if any."""
-        return self.info.get("category")
-
-    @property
-    def hits(self) -> list[Hit]:
-        """Every hit returned so far, in the order the searches ran."""
-        return [hit for step in self.steps for hit in step.hits]
-
-    @property
-    def turn(self) -> int:
-        """How many assistant turns the episode has finished."""
-        return len(self.steps)
-
-    @classmethod
-    def start(cls, observation: Mapping[str, Any], info: Mapping[str, Any], *,
-              dialect: str | Dialect, image: Image.Image | None = None) -> EpisodeView:
-        """The view of an episode right after ``env.reset`` returned ``(observation, info)``.
-
-        ``image`` defaults to the first image of the chat (the env puts the original task image
-        in the first user message), so callers normally pass only the dialect (``env.dialect``).
-        """
-        if "task_id" not in info or "question" not in info or "messages" not in info:
-            raise ConfigError("EpisodeView.start needs the info dict that env.reset() returned "
-                              "(with task_id, question and messages)")
-        if image is None:
-            image = first_image(info["messages"])
-            if image is None:
-                raise ConfigError("the reset info has no image in its messages; pass image=")
-        return cls(task_id=str(info["task_id"]), question=str(info["question"]), image=image,
-                   dialect=get_dialect(dialect), observation=dict(observation), info=dict(info))
-
-    def record(self, text: str, observation: Mapping[str, Any], info: Mapping[str, Any]) -> Step:
-        """Add the turn ``text`` whose ``env.step`` returned ``(observation, info)``; returns its Step."""
-        action = info.get("action")
-        if action is None:
-            action = self.dialect.parse(text)
-        step = Step(text=text, action=action, observation_text=str(observation.get("text", "")),
-                    hits=list(info.get("hits") or []), box=info.get("box"))
-        self.steps.append(step)
-        self.observation = dict(observation)
-        self.info = dict(info)
-        return step
 
 
 def cut_at_stop(text: str, stops: Sequence[str]) -> str:
@@ -528,6 +447,7 @@ class PolicyEntry:
 
     def build(self, prefix: str, argument: str, *, tasks: TaskSet | None, dialect: str | Dialect, seed: int,
               kwargs: Mapping[str, Any]) -> Policy:
+        """The policy of ``PREFIX:ARGUMENT``; ConfigError for a missing argument, option or extra."""
         if not argument:
             raise ConfigError(f"{prefix}: needs an argument, e.g. {self.example}")
         target = self.resolve(prefix)
@@ -540,6 +460,8 @@ class PolicyEntry:
     def _missing_extra(self, prefix: str) -> Iterator[None]:
         try:
             yield
+        except TypeError as err:  # options the target does not take
+            raise ConfigError(f"policy {prefix}: {err}") from None
         except ModuleNotFoundError as err:
             missing = (err.name or "a dependency").split(".")[0]
             hint = f"pip install 'mmsearch-gym[{self.extra}]'" if self.extra else f"pip install {missing}"

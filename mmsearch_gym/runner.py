@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mmsearch_gym.env_factory import EnvFactory, SiblingEnvs, unwrap_env
+from mmsearch_gym.episode_view import EpisodeView
 from mmsearch_gym.errors import ConfigError, MMSearchError
 from mmsearch_gym.metrics import EpisodeResult
-from mmsearch_gym.policies import EpisodeView
 
 if TYPE_CHECKING:
     import gymnasium as gym
