@@ -1,24 +1,17 @@
 """The papers' evaluation table: accuracy, search ratio, calls per tool, format rate, reward.
 
-``evaluate(env, policy)`` plays episode ``i`` on ``task_index=i`` with reset seed ``seed + i``
-(all tasks by default), asking the policy for the next action of every live episode in one
-batched ``policy.act`` call, and steps the envs in ``workers`` worker processes. The schedule
-(which episodes are live together, in which order they reach the policy) depends only on
-``batch_size`` and on how episodes end, never on ``workers``; with deterministic policies a
-parallel run therefore gives exactly the numbers (and trajectories) of a serial one.
+``evaluate(env, policy)`` wires three parts: the :class:`~mmsearch_gym.runner.EpisodeRunner`
+plays the episodes (episode ``i`` on ``task_index=i`` with reset seed ``seed + i``, batched
+``policy.act`` calls, envs in this process or in ``workers`` processes, the same numbers for any
+``workers``), the :class:`~mmsearch_gym.trajectories.TrajectoryRecorder` turns its events into
+trajectory lines, and :mod:`mmsearch_gym.metrics` counts each ended episode
+(:class:`EpisodeResult`) and builds the table (:class:`Metrics`), overall and per task category.
 
-Workers never receive Task objects (the built-in world's tasks hold render closures): each
-worker rebuilds its envs from the env id and its JSON overrides (or from a picklable factory)
-and is told only task indices, seeds and action texts.
-
-Metrics, per episode then averaged (overall and per task category):
-
-* accuracy: share of episodes whose answer is correct (``raw_score > 0.5`` in the reward
-  breakdown, i.e. before the search penalty);
-* search ratio: share of episodes in which the env ran at least one search;
-* calls per episode: image searches and text searches the env ran;
-* format rate: share of episodes whose turns follow the dialect's format rule;
-* mean reward: the papers' episode reward.
+The table's columns (the names of :mod:`mmsearch_gym.metrics`): ``acc %`` accuracy (correct
+before the search penalty), ``search %`` the share of episodes in which a search ran,
+``img/ep`` and ``txt/ep`` the image and text searches run per episode, ``fmt %`` the format
+rate, ``reward`` the mean episode reward. The JSON report also holds every other count
+(searches the scorer counts, crops, text refinements, the answer behaviour).
 """
 
 from __future__ import annotations
