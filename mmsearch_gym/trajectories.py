@@ -18,7 +18,8 @@ line, no pickle anywhere::
              "limits": {"max_turns", "image_search_budget", "text_search_budget", "top_k",
                         "on_invalid", "min_crop_side", "image_size", "max_text_length"},
              "backend": {"name", "version"},
-             "cache": {"mode", "dir", "name", "version", "params"} | null,
+             "cache": {"mode", "dir", "name", "version", "params"} | null  (for reference;
+                      replay never reads a path or mode from the file),
              "tasks": {"name", "size"}},
      "image": {"digest": image_digest of the task image, "width", "height",
                "thumbnail": null | {"mime": "image/jpeg" | "image/png", "width", "height",

@@ -47,6 +47,9 @@ def test_close_flushes_the_cache_counters_and_closes_the_backend(tiny_tasks: Tas
     env.close()
     env.close()
     assert backend.closed == 2  # closing twice is harmless
+    env = make_env(tasks=tiny_tasks, backend=backend, cache={"mode": "readthrough", "dir": str(tmp_path / "c")})
+    env.close()
+    assert backend.closed == 3  # through the cache that wraps it (its HTTP sessions, for a web backend)
 
 
 @pytest.mark.parametrize("mode", ["full", "delta", "off"])
