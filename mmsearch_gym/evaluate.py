@@ -251,7 +251,7 @@ def evaluate(env: str | EnvFactory | Callable[[], gym.Env] = "MMSearch-v0", poli
         runner = cleanup.enter_context(EpisodeRunner(factory, workers=workers, batch_size=batch_size,
                                                      mp_context=mp_context))
         base = runner.env
-        tasks = runner._task_indices(episodes)
+        tasks = runner.task_indices(episodes)
         policy, policy_label = _policy(policy, base, seed, policy_kwargs)
         writer, recorder = None, None
         if trajectories is not None:

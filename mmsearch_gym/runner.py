@@ -129,7 +129,7 @@ class EpisodeRunner:
         """Play the episodes (a count, or the task index of each; default every task) and yield events."""
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ConfigError(f"seed must be an integer, got {seed!r}")
-        tasks = self._task_indices(episodes)
+        tasks = self.task_indices(episodes)
         pool = self._pool(min(self.batch_size, len(tasks)))
         try:
             yield from self._schedule(policy, pool, tasks, seed)
@@ -147,8 +147,8 @@ class EpisodeRunner:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # ------------------------------------------------------------------ internals --------
-    def _task_indices(self, episodes: int | Sequence[int] | None) -> list[int]:
+    def task_indices(self, episodes: int | Sequence[int] | None = None) -> list[int]:
+        """The task index of each episode: ``range(n)`` for a count, the list itself, or every task."""
         size = len(self.env.tasks)
         if episodes is None:
             return list(range(size))
@@ -163,6 +163,7 @@ class EpisodeRunner:
         raise ConfigError(f"episodes must be between 1 and the {size} tasks of {self.factory.label} "
                           f"(or a list of task indices), got {episodes!r}")
 
+    # ------------------------------------------------------------------ internals --------
     def _pool(self, slots: int) -> _LocalPool | _ProcessPool:
         if self.workers == 1:
             first, self._first = self._first, None
