@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mmsearch_gym.env_factory import EnvFactory, describe_env
+from mmsearch_gym.env_factory import EnvFactory, describe_env, unwrap_env
 from mmsearch_gym.errors import ConfigError
 from mmsearch_gym.trajectories import Trajectory, read_trajectories, turn_from_step
 
@@ -235,7 +235,7 @@ def _replay_episode(game: "gym.Env", traj: Trajectory, report: ReplayReport) -> 
         return Mismatch(traj.episode, traj.task_id, traj.policy, turn,
                         _diff(recorded, replayed, f"episode {traj.episode} {label}"))
 
-    base = game.unwrapped
+    base = unwrap_env(game)
     if traj.task_id not in base.tasks:
         return Mismatch(traj.episode, traj.task_id, traj.policy, 0,
                         f"task {traj.task_id!r} is not in the replay env's task set {base.tasks.name!r}\n")

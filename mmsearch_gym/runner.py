@@ -25,7 +25,7 @@ import multiprocessing
 import multiprocessing.connection
 import time
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -125,7 +125,7 @@ class EpisodeRunner:
         """The first env (its tasks and dialect are every sibling's)."""
 
     def run(self, policy: Policy, episodes: int | Sequence[int] | None = None, *,
-            seed: int = 0) -> Iterator[RunnerEvent]:
+            seed: int = 0) -> Generator[RunnerEvent, None, None]:
         """Play the episodes (a count, or the task index of each; default every task) and yield events."""
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ConfigError(f"seed must be an integer, got {seed!r}")
@@ -311,7 +311,7 @@ class _ProcessPool:
     """Slot ``s`` lives in worker ``s % workers``; each batch goes out to all workers at once."""
 
     def __init__(self, factory: EnvFactory, workers: int, context: str) -> None:
-        ctx = multiprocessing.get_context(context)
+        ctx: Any = multiprocessing.get_context(context)
         self.workers = workers
         self.conns: list[multiprocessing.connection.Connection] = []
         self.procs: list[Any] = []

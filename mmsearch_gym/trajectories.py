@@ -402,7 +402,7 @@ def turn_from_step(text: str, observation: Mapping[str, Any], reward: float, ter
     """The Turn record of one ``env.step(text)`` that returned ``(observation, reward, ..., info)``."""
     box = info.get("box")
     return Turn(text=text, action=action_to_json(info["action"]), observation=str(observation["text"]),
-                box=None if box is None else tuple(int(v) for v in box),
+                box=None if box is None else (int(box[0]), int(box[1]), int(box[2]), int(box[3])),
                 hits=[hit_record(h, embed=embed) for h in info.get("hits") or []],
                 search_error=info.get("search_error"), reward=float(reward), terminated=bool(terminated),
                 truncated=bool(truncated),
