@@ -1,6 +1,8 @@
-"""Parse and env.step throughput, and MMSearch-v0 start-up time.
+"""Parse, episode scoring and env.step throughput, and MMSearch-v0 start-up time.
 
-Targets: >= 200k turns/s parsing, >= 20k steps/s, gym.make + first reset < 1 s.
+Targets: >= 200k turns/s parsing, >= 20k steps/s, gym.make + first reset < 1 s. Scoring (episodes
+per second through ``episode_reward``, 3-turn episodes of about 200 characters a turn) is
+reported per reward preset so that its cost stays visible as the reward grows.
 
     python benchmarks/bench_env.py [--quick]
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -22,6 +25,7 @@ from PIL import Image
 
 from mmsearch_gym.actions import DIALECTS, Answer, ImageSearch, Region, TextSearch
 from mmsearch_gym.env import MMSearchEnv
+from mmsearch_gym.reward import RewardSpec, episode_reward
 from mmsearch_gym.search.base import Hit, MemoryBackend
 from mmsearch_gym.tasks import Task, TaskSet
 
@@ -48,6 +52,29 @@ def bench_parse(seconds: float) -> dict:
             n += 2000 * len(turns)
         elapsed = time.perf_counter() - start
         out[name] = {"turns_per_s": round(n / elapsed), "mean_turn_chars": round(sum(map(len, turns)) / len(turns))}
+    return out
+
+
+def bench_score(seconds: float) -> dict:
+    """Episodes scored per second by ``episode_reward`` (the reward of one whole episode)."""
+    out = {}
+    for spec in (RewardSpec.mmsearch_r1(), RewardSpec.mmsearch_r1(penalty_per_search=True),
+                 RewardSpec.deepmmsearch_r1()):
+        dialect = DIALECTS[spec.dialect]
+        episodes = [[dialect.format(ImageSearch(), REASON), dialect.format(TextSearch("capital of France"), REASON),
+                     dialect.format(Answer(answer), REASON)] for answer in ("Paris", "Lyon", "the city of Paris")]
+        answers = ("Paris", "Paris, France")
+        n = 0
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            for _ in range(500):
+                for turns in episodes:
+                    episode_reward(turns, answers, spec, "What is the capital?")
+            n += 500 * len(episodes)
+        elapsed = time.perf_counter() - start
+        label = spec.name + ("+per-search" if spec.penalty_per_search else "")
+        out[label] = {"episodes_per_s": round(n / elapsed), "turns": 3,
+                      "mean_turn_chars": round(sum(len(t) for e in episodes for t in e) / (3 * len(episodes)))}
     return out
 
 
@@ -116,7 +143,9 @@ def main() -> None:
     args = parser.parse_args()
     seconds = 0.3 if args.quick else 2.0
     result = {"benchmark": "env", "python": platform.python_version(), "machine": platform.machine(),
-              "parse": bench_parse(seconds), "step": bench_step(seconds), "make": bench_make(),
+              "cpus": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2),
+              "parse": bench_parse(seconds), "score": bench_score(seconds), "step": bench_step(seconds),
+              "make": bench_make(),
               "targets": {"parse_turns_per_s": 200_000, "steps_per_s": 20_000, "make_plus_first_reset_s": 1.0}}
     text = json.dumps(result, indent=2)
     print(text)

@@ -470,13 +470,15 @@ class MMSearchR1(Dialect):
         )
 
     def count_searches(self, turns: Sequence[str]) -> SearchCounts:
+        """MMSearch-R1's count: a turn counts at most once (as an image search when it holds
+        both tags), every turn but the last (a single turn counts itself)."""
         counted = turns if len(turns) == 1 else turns[:-1]
         image = text = 0
         for turn in counted:
             t = turn.strip()
             if _IMG in t:
                 image += 1
-            if "<text_search>" in t and "</text_search>" in t:
+            elif "<text_search>" in t and "</text_search>" in t:
                 text += 1
         return SearchCounts(image, text)
 

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from mmsearch_gym.grounding import Grounder
 
 Observation = dict[str, Any]
+INFO_MESSAGES = ("full", "delta", "off")
+"""The values of MMSearchEnv's ``info_messages`` option."""
 _IMAGE_CACHE_SIZE = 64
 
 
@@ -70,6 +72,20 @@ class MMSearchEnv(gym.Env[Observation, str]):
         max_text_length: observation text longer than this is cut (the space's bound).
         system_prompt: replaces the dialect's system prompt (e.g. the short one a tiny model
             was trained with), so that evaluation shows a model the prompt it learned on.
+        info_messages: what ``info["messages"]`` holds: ``"full"`` (default) the whole chat so
+            far, ``"delta"`` only the messages added by this reset or step (the caller keeps
+            the chat; what a vector env should pickle), ``"off"`` no ``messages`` key at all.
+
+    Info keys after a step: ``task_id``, ``category``, ``action`` (the parsed Action), ``box``,
+    ``hits``, ``search_error``, ``turn``, the counters ``image_searches``, ``text_searches`` and
+    ``invalid_turns`` (searches the env ran, invalid turns), ``search_log`` (the kinds of
+    searches run so far, in order: ``"image"``, ``"crop"``, ``"text"``), ``messages`` (see
+    ``info_messages``) and, on the step that ends the episode, ``reward_breakdown``. The
+    numbers an episode reports come from these through
+    :meth:`mmsearch_gym.metrics.EpisodeResult.from_info`.
+
+    ``close()`` closes what the env holds: its search backend (a SearchCache flushes its lifetime
+    hit/miss counters and closes its database) and its grounder, when they have ``close()``.
     """
 
     metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 1}
@@ -92,6 +108,7 @@ class MMSearchEnv(gym.Env[Observation, str]):
         max_text_length: int = 32_768,
         render_mode: str | None = None,
         system_prompt: str | None = None,
+        info_messages: Literal["full", "delta", "off"] = "full",
     ) -> None:
         if not isinstance(tasks, TaskSet):
             raise ConfigError(f"tasks must be a TaskSet, got {type(tasks).__name__}")
@@ -99,6 +116,8 @@ class MMSearchEnv(gym.Env[Observation, str]):
             raise ConfigError("backend must implement text_search(query, k) and image_search(image, k)")
         if on_invalid not in ("feedback", "terminate"):
             raise ConfigError(f"on_invalid must be 'feedback' or 'terminate', got {on_invalid!r}")
+        if info_messages not in INFO_MESSAGES:
+            raise ConfigError(f"info_messages must be one of {INFO_MESSAGES}, got {info_messages!r}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ConfigError(f"render_mode must be one of {self.metadata['render_modes']}")
         self.tasks = tasks
@@ -124,6 +143,7 @@ class MMSearchEnv(gym.Env[Observation, str]):
         self.min_crop_side = min_crop_side
         self.max_text_length = max_text_length
         self.render_mode = render_mode
+        self.info_messages = info_messages
         if system_prompt is not None and not isinstance(system_prompt, str):
             raise ConfigError(f"system_prompt must be a string or None, got {type(system_prompt).__name__}")
         self.system_prompt = system_prompt if system_prompt is not None else self.dialect.system_prompt()
@@ -145,8 +165,9 @@ class MMSearchEnv(gym.Env[Observation, str]):
         self._invalid = 0
         self._boxes: list[Box] = []
         self._thumbnails: list[Image.Image] = []
+        self._search_log: list[str] = []
+        self._sent_messages = 0
         self._done = True
-        self._last_text = ""
 
     # ------------------------------------------------------------------ episode control --
     @property
@@ -178,6 +199,7 @@ class MMSearchEnv(gym.Env[Observation, str]):
         self._view = self._task_view(task)
         self._turns = []
         self._image_searches = self._text_searches = self._invalid = 0
+        self._search_log = []
         self._boxes = []
         self._done = False
         width, height = self._view.image.size
@@ -189,7 +211,6 @@ class MMSearchEnv(gym.Env[Observation, str]):
                  + f"\n(The image is {width}x{height} pixels.)"},
             ]},
         ]
-        self._last_text = task.question
         obs = {"image": self._view.observation.copy(), "text": self._clip(task.question)}
         info = {
             "task_id": task.id,
@@ -198,8 +219,9 @@ class MMSearchEnv(gym.Env[Observation, str]):
             "original_size": (width, height),
             "scale": self._view.scale,
             "offset": self._view.offset,
-            "messages": list(self._messages),
         }
+        self._sent_messages = 0
+        self._add_messages(info)
         return obs, info
 
     def step(self, action: str) -> tuple[Observation, SupportsFloat, bool, bool, dict[str, Any]]:
@@ -237,7 +259,6 @@ class MMSearchEnv(gym.Env[Observation, str]):
 
         if result:
             self._messages.append({"role": "user", "content": self._result_content(parsed, hits, result)})
-        self._last_text = result
         info: dict[str, Any] = {
             "task_id": self._task.id,
             "category": self._task.category,
@@ -249,8 +270,9 @@ class MMSearchEnv(gym.Env[Observation, str]):
             "image_searches": self._image_searches,
             "text_searches": self._text_searches,
             "invalid_turns": self._invalid,
-            "messages": list(self._messages),
+            "search_log": tuple(self._search_log),
         }
+        self._add_messages(info)
         reward = 0.0
         if terminated or truncated:
             self._done = True
@@ -264,7 +286,27 @@ class MMSearchEnv(gym.Env[Observation, str]):
         task = self.task
         return score_episode(self._turns, task.answers, self.reward_spec, task.question)
 
+    def close(self) -> None:
+        """Close the search backend and the grounder (whatever of them has ``close()``).
+
+        A SearchCache writes its lifetime hit/miss counters here (``mmsearch-gym cache stats``).
+        Sibling envs may share one backend; closing it twice is harmless (it reopens on use).
+        """
+        for part in (self.backend, self.grounder):
+            close = getattr(part, "close", None)
+            if callable(close):
+                close()
+        super().close()
+
     # ------------------------------------------------------------------ internals --------
+    def _add_messages(self, info: dict[str, Any]) -> None:
+        """Put the chat into ``info["messages"]`` as ``info_messages`` asks."""
+        if self.info_messages == "full":
+            info["messages"] = list(self._messages)
+        elif self.info_messages == "delta":
+            info["messages"] = self._messages[self._sent_messages:]
+        self._sent_messages = len(self._messages)
+
     def _resolve_region(self, action: ImageSearch) -> tuple[Action, Box | None]:
         region = action.region
         if region.kind == "whole":
@@ -289,8 +331,10 @@ class MMSearchEnv(gym.Env[Observation, str]):
         try:
             if isinstance(action, TextSearch):
                 self._text_searches += 1
+                self._search_log.append("text")
                 return list(self.backend.text_search(action.query, self.top_k)), None
             self._image_searches += 1
+            self._search_log.append("image" if box is None else "crop")
             if box is not None:
                 self._boxes.append(box)
             query = ImageQuery(view.image, box=box,  # type: ignore[union-attr]

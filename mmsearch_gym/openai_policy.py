@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
+from mmsearch_gym.chat import interleave_images
 from mmsearch_gym.errors import ConfigError
-from mmsearch_gym.policies import PolicyError, cut_at_stop, interleave_images
+from mmsearch_gym.policies import PolicyError, cut_at_stop
 from mmsearch_gym.search.base import SearchError
 from mmsearch_gym.search.http import HttpClient, Secret, public_url, secret_from
 
@@ -161,6 +162,14 @@ class OpenAIPolicy:
         self._named = name is not None
         self.name: str = name or f"openai:{model or public_url(self.base_url)}"
         self._recorder = _recorder(cache)
+
+    @classmethod
+    def from_spec(cls, argument: str, *, seed: int | None = 0, **kwargs: Any) -> OpenAIPolicy:
+        """The policy of ``make_policy("openai:BASE_URL[#model]")``: ``argument`` is ``BASE_URL[#model]``."""
+        base_url, _, model = argument.partition("#")
+        if not base_url:
+            raise ConfigError("openai: needs a base URL, e.g. openai:http://127.0.0.1:8000/v1#Qwen2.5-VL-7B")
+        return cls(base_url, model=model or None, seed=seed, **kwargs)
 
     # ------------------------------------------------------------------ acting ----------
     def act(self, episodes: Sequence[EpisodeView]) -> list[str]:

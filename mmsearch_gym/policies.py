@@ -28,19 +28,20 @@ Scripted baselines (deterministic; they read evidence with the built-in world's
   then answers from the hits it got.
 * ``random``  seeded random legal actions and some junk text (a floor and a robustness probe).
 
-``make_policy(spec)`` builds any of them, or ``transformers:PATH``, ``openai:BASE_URL#model``
-and ``sb3:PATH`` (their modules are imported only when asked for, so importing this module
-never imports torch).
+``make_policy(spec)`` builds any of them, or a family of :data:`POLICY_REGISTRY`
+(``transformers:PATH``, ``openai:BASE_URL#model``, ``sb3:PATH``): a prefix names a
+``"module:Class"`` target imported only when asked for, so importing this module never imports
+torch or an integration, and a missing optional extra is a ConfigError naming it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import random
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
-
-from PIL import Image
 
 from mmsearch_gym.actions import (
     UNABLE_TO_ANSWER,
@@ -53,11 +54,19 @@ from mmsearch_gym.actions import (
     TextSearch,
     get_dialect,
 )
+from mmsearch_gym.chat import (
+    RESULT_IMAGE_MARKER,
+    first_image,
+    interleave_images,
+    text_only_content,
+)
+from mmsearch_gym.episode_view import EpisodeView, Step
 from mmsearch_gym.errors import ConfigError, MMSearchError
 from mmsearch_gym.search.base import Hit
 from mmsearch_gym.tasks import SEARCH_FREE, SceneObject, Task, TaskSet
 
 __all__ = [
+    "POLICY_REGISTRY",
     "POLICY_SPECS",
     "RESULT_IMAGE_MARKER",
     "DirectPolicy",
@@ -65,168 +74,23 @@ __all__ = [
     "EvidenceReaderLike",
     "OraclePolicy",
     "Policy",
+    "PolicyEntry",
     "PolicyError",
     "RAGPolicy",
     "RandomPolicy",
     "ScriptedPolicy",
     "Step",
     "cut_at_stop",
+    "first_image",
     "interleave_images",
     "make_policy",
+    "register_policy",
     "text_only_content",
 ]
 
 # ---------------------------------------------------------------------------------------------
 # The protocol
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Step:
-    """One finished assistant turn of an episode: what the policy said and what came back."""
-
-    text: str
-    """The raw action text the policy emitted."""
-    action: Action
-    """The action as the env parsed (and resolved) it; an unresolvable crop is ``Invalid``."""
-    observation_text: str
-    """The env's answer: tool results, feedback on an invalid turn, or "" after an answer."""
-    hits: list[Hit] = field(default_factory=list)
-    box: tuple[int, int, int, int] | None = None
-    """The pixel box an image search looked at (None for whole-image searches and other actions)."""
-
-
-@dataclass
-class EpisodeView:
-    """Everything a policy may look at for one running episode.
-
-    Build one with :meth:`start` right after ``env.reset`` and call :meth:`record` after every
-    ``env.step``; the view then always holds the latest observation and info (``messages`` is
-    the full chat so far, ready for a chat template) plus one :class:`Step` per finished turn.
-    """
-
-    task_id: str
-    question: str
-    image: Image.Image
-    """The original task image (full resolution, not the letterboxed observation)."""
-    dialect: Dialect
-    observation: dict[str, Any]
-    """The latest env observation ``{"image": uint8 array, "text": str}``."""
-    info: dict[str, Any]
-    """The latest env info (``messages``, ``category``, counters ...)."""
-    steps: list[Step] = field(default_factory=list)
-
-    @property
-    def messages(self) -> list[dict[str, Any]]:
-        """The chat so far (system, user with the image, assistant turns, tool results)."""
-        return self.info["messages"]
-
-    @property
-    def category(self) -> str | None:
-        """The task's category as the env reports it (e.g. ``search_free``), if any."""
-        return self.info.get("category")
-
-    @property
-    def hits(self) -> list[Hit]:
-        """Every hit returned so far, in the order the searches ran."""
-        return [hit for step in self.steps for hit in step.hits]
-
-    @property
-    def turn(self) -> int:
-        """How many assistant turns the episode has finished."""
-        return len(self.steps)
-
-    @classmethod
-    def start(cls, observation: Mapping[str, Any], info: Mapping[str, Any], *,
-              dialect: str | Dialect, image: Image.Image | None = None) -> EpisodeView:
-        """The view of an episode right after ``env.reset`` returned ``(observation, info)``.
-
-        ``image`` defaults to the first image of the chat (the env puts the original task image
-        in the first user message), so callers normally pass only the dialect (``env.dialect``).
-        """
-        if "task_id" not in info or "question" not in info or "messages" not in info:
-            raise ConfigError("EpisodeView.start needs the info dict that env.reset() returned "
-                              "(with task_id, question and messages)")
-        if image is None:
-            image = first_image(info["messages"])
-            if image is None:
-                raise ConfigError("the reset info has no image in its messages; pass image=")
-        return cls(task_id=str(info["task_id"]), question=str(info["question"]), image=image,
-                   dialect=get_dialect(dialect), observation=dict(observation), info=dict(info))
-
-    def record(self, text: str, observation: Mapping[str, Any], info: Mapping[str, Any]) -> Step:
-        """Add the turn ``text`` whose ``env.step`` returned ``(observation, info)``; returns its Step."""
-        action = info.get("action")
-        if action is None:
-            action = self.dialect.parse(text)
-        step = Step(text=text, action=action, observation_text=str(observation.get("text", "")),
-                    hits=list(info.get("hits") or []), box=info.get("box"))
-        self.steps.append(step)
-        self.observation = dict(observation)
-        self.info = dict(info)
-        return step
-
-
-RESULT_IMAGE_MARKER = "<image>"
-"""A VLM image token that older recordings may carry in result text (the env now writes
-``THUMBNAIL_MARKER`` and interleaves the thumbnails itself)."""
-
-
-def interleave_images(content: Sequence[Mapping[str, Any]],
-                      marker: str = RESULT_IMAGE_MARKER) -> list[dict[str, Any]]:
-    """A message's content blocks with each image moved to its marker in the text.
-
-    The env writes an image-search result as one text block whose numbered items carry a
-    ``<image>`` marker, followed by one image block per thumbnail. Models should see each
-    thumbnail next to its title, and a literal ``<image>`` left in the text would be taken for
-    an image placeholder by VLM processors (one more placeholder than images: the classic
-    multi-image failure). When the markers and the images pair up, the text is split at the
-    markers and the images put in between; otherwise the blocks are kept in order and stray
-    markers become the plain words ``[image]``.
-    """
-    blocks = [dict(b) for b in content]
-    texts = [b for b in blocks if b.get("type") == "text"]
-    images = [b for b in blocks if b.get("type") == "image"]
-    markers = sum(str(b.get("text", "")).count(marker) for b in texts)
-    if not images or markers != len(images):
-        for b in texts:
-            b["text"] = str(b.get("text", "")).replace(marker, "[image]")
-        return blocks
-    pending = iter(images)
-    out: list[dict[str, Any]] = []
-    for block in blocks:
-        if block.get("type") == "image":
-            continue
-        if block.get("type") != "text":
-            out.append(block)
-            continue
-        pieces = str(block.get("text", "")).split(marker)
-        for i, piece in enumerate(pieces):
-            if i:
-                out.append(next(pending))
-            if piece:
-                out.append({"type": "text", "text": piece})
-    return out
-
-
-def text_only_content(content: str | Sequence[Mapping[str, Any]], placeholder: str = "[image]") -> str:
-    """A message's content as one string for a text-only model.
-
-    Each image becomes ``placeholder`` at its place (a result thumbnail at its marker, the task
-    image before the question), and pieces that would run together are joined by a newline.
-    Evaluation (``TransformersPolicy``) and training (the TRL adapter) both render text-only
-    chats with this, so a model is evaluated on exactly the text it was trained on.
-    """
-    if isinstance(content, str):
-        return content
-    out = ""
-    for block in interleave_images(content):
-        kind = block.get("type")
-        piece = placeholder if kind == "image" else str(block.get("text") or "") if kind == "text" else ""
-        if out and piece and not out[-1].isspace() and not piece[0].isspace():
-            out += "\n"
-        out += piece
-    return out
 
 
 def cut_at_stop(text: str, stops: Sequence[str]) -> str:
@@ -244,17 +108,6 @@ def cut_at_stop(text: str, stops: Sequence[str]) -> str:
         if at != -1 and (best == -1 or at + len(stop) < best):
             best = at + len(stop)
     return text if best == -1 else text[:best]
-
-
-def first_image(messages: Sequence[Mapping[str, Any]]) -> Image.Image | None:
-    for message in messages:
-        content = message.get("content")
-        if isinstance(content, list):
-            for block in content:
-                if isinstance(block, Mapping) and block.get("type") == "image" \
-                        and isinstance(block.get("image"), Image.Image):
-                    return block["image"]
-    return None
 
 
 class PolicyError(MMSearchError):
@@ -565,9 +418,81 @@ _SCRIPTED: dict[str, type[ScriptedPolicy]] = {
     "direct": DirectPolicy, "rag": RAGPolicy, "oracle": OraclePolicy, "random": RandomPolicy,
 }
 
-POLICY_SPECS: tuple[str, ...] = ("direct", "rag", "oracle", "random", "transformers:PATH",
-                                 "openai:BASE_URL[#model]", "sb3:PATH")
-"""The forms ``make_policy`` accepts."""
+
+@dataclass(frozen=True)
+class PolicyEntry:
+    """A policy family named by a spec prefix (``PREFIX:ARGUMENT``); ``target`` is ``"module:attribute"``
+    (a class, ``Class.method`` or a function) imported only when a spec asks for it, so the core never
+    imports an integration; called as ``target(argument, tasks=, dialect=, seed=, **kwargs)`` unless
+    ``call`` adapts it."""
+
+    target: str
+    example: str
+    """A spec of this family, for error messages."""
+    extra: str | None = None
+    """The optional extra whose packages the target imports (``pip install 'mmsearch-gym[EXTRA]'``)."""
+    call: Callable[..., Policy] | None = None
+    """``call(target, argument, tasks, dialect, seed, kwargs)``, or None."""
+
+    def resolve(self, prefix: str) -> Callable[..., Any]:
+        """The target object; ConfigError naming the extra to install when a dependency is missing."""
+        module_name, _, attribute = self.target.partition(":")
+        with self._missing_extra(prefix):
+            obj: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                raise ConfigError(f"policy {prefix}: target {self.target!r} does not exist")
+        return obj
+
+    def build(self, prefix: str, argument: str, *, tasks: TaskSet | None, dialect: str | Dialect, seed: int,
+              kwargs: Mapping[str, Any]) -> Policy:
+        """The policy of ``PREFIX:ARGUMENT``; ConfigError for a missing argument, option or extra."""
+        if not argument:
+            raise ConfigError(f"{prefix}: needs an argument, e.g. {self.example}")
+        target = self.resolve(prefix)
+        with self._missing_extra(prefix):  # model loaders import their heavy packages on use
+            if self.call is not None:
+                return self.call(target, argument, tasks, dialect, seed, dict(kwargs))
+            return target(argument, tasks=tasks, dialect=dialect, seed=seed, **kwargs)
+
+    @contextlib.contextmanager
+    def _missing_extra(self, prefix: str) -> Iterator[None]:
+        try:
+            yield
+        except TypeError as err:  # options the target does not take
+            raise ConfigError(f"policy {prefix}: {err}") from None
+        except ModuleNotFoundError as err:
+            missing = (err.name or "a dependency").split(".")[0]
+            hint = f"pip install 'mmsearch-gym[{self.extra}]'" if self.extra else f"pip install {missing}"
+            raise ConfigError(f"policy {prefix}: needs {missing}, which is not installed; {hint}") from None
+
+
+def _with_seed(target: Any, argument: str, tasks: Any, dialect: Any, seed: int, kwargs: dict) -> Policy:
+    return target(argument, seed=seed, **kwargs)
+
+
+POLICY_REGISTRY: dict[str, PolicyEntry] = {  # spec prefix -> family; register_policy() adds one
+    "transformers": PolicyEntry(
+        "mmsearch_gym.integrations.transformers_policy:TransformersPolicy.from_pretrained",
+        "transformers:./runs/sft/final", extra="trl", call=_with_seed),
+    "openai": PolicyEntry("mmsearch_gym.openai_policy:OpenAIPolicy.from_spec", "openai:URL#model", call=_with_seed),
+    "sb3": PolicyEntry("mmsearch_gym.integrations.sb3:SB3Policy.load", "sb3:runs/ppo/model.zip", extra="sb3",
+                       call=lambda target, argument, tasks, dialect, seed, kwargs: target(
+                           argument, tasks=tasks, dialect=dialect, **kwargs)),
+}
+
+
+def register_policy(prefix: str, entry: PolicyEntry) -> None:
+    """Let ``make_policy("PREFIX:ARGUMENT")`` build policies of another family (e.g. a plug-in's)."""
+    if not prefix or ":" in prefix or prefix in _SCRIPTED:
+        raise ConfigError(f"a policy prefix must be a non-empty name without ':' that is not {sorted(_SCRIPTED)}")
+    POLICY_REGISTRY[prefix] = entry
+
+
+POLICY_SPECS: tuple[str, ...] = (
+    "direct", "rag", "oracle", "random", "transformers:PATH", "openai:BASE_URL[#model]", "sb3:PATH")
+"""The forms ``make_policy`` accepts out of the box."""
 
 
 def make_policy(spec: str, *, tasks: TaskSet | None = None, dialect: str | Dialect = "mmsearch-r1",
@@ -575,10 +500,11 @@ def make_policy(spec: str, *, tasks: TaskSet | None = None, dialect: str | Diale
     """Build a policy from a spec string.
 
     ``spec`` is one of ``direct``, ``rag``, ``oracle``, ``random`` (scripted; ``tasks`` gives
-    them scene annotations and oracle plans, ``reader=`` overrides the evidence reader),
-    ``transformers:PATH`` (a local Hugging Face model directory; kwargs go to
-    ``TransformersPolicy.from_pretrained``), ``openai:BASE_URL[#model]`` (an OpenAI-compatible
-    server; kwargs go to ``OpenAIPolicy``) or ``sb3:PATH`` (a Stable-Baselines3 decision policy).
+    them scene annotations and oracle plans, ``reader=`` overrides the evidence reader), or
+    ``PREFIX:ARGUMENT`` for a family of :data:`POLICY_REGISTRY`: ``transformers:PATH`` (a local
+    Hugging Face model directory; kwargs go to ``TransformersPolicy.from_pretrained``; extra
+    ``trl``), ``openai:BASE_URL[#model]`` (an OpenAI-compatible server; kwargs go to
+    ``OpenAIPolicy``) or ``sb3:PATH`` (a Stable-Baselines3 decision policy; extra ``sb3``).
     """
     if not isinstance(spec, str) or not spec.strip():
         raise ConfigError(f"a policy spec must be a non-empty string; choose one of {list(POLICY_SPECS)}")
@@ -590,20 +516,6 @@ def make_policy(spec: str, *, tasks: TaskSet | None = None, dialect: str | Diale
             return _SCRIPTED[kind](tasks, seed=seed, **kwargs)
         except TypeError as err:
             raise ConfigError(f"policy {kind!r}: {err}") from None
-    if sep and kind == "transformers":
-        if not rest:
-            raise ConfigError("transformers: needs a model directory, e.g. transformers:./runs/sft/final")
-        from mmsearch_gym.integrations.transformers_policy import TransformersPolicy
-        return TransformersPolicy.from_pretrained(rest, seed=seed, **kwargs)
-    if sep and kind == "openai":
-        base_url, _, model = rest.partition("#")
-        if not base_url:
-            raise ConfigError("openai: needs a base URL, e.g. openai:http://127.0.0.1:8000/v1#Qwen2.5-VL-7B")
-        from mmsearch_gym.openai_policy import OpenAIPolicy
-        return OpenAIPolicy(base_url, model=model or None, seed=seed, **kwargs)
-    if sep and kind == "sb3":
-        if not rest:
-            raise ConfigError("sb3: needs the path of a saved SB3 policy, e.g. sb3:runs/ppo/model.zip")
-        from mmsearch_gym.integrations.sb3 import SB3Policy
-        return SB3Policy.load(rest, tasks=tasks, dialect=dialect, **kwargs)
+    if sep and kind in POLICY_REGISTRY:
+        return POLICY_REGISTRY[kind].build(kind, rest, tasks=tasks, dialect=dialect, seed=seed, kwargs=kwargs)
     raise ConfigError(f"unknown policy spec {spec!r}; choose one of {list(POLICY_SPECS)}")

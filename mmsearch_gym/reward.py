@@ -4,7 +4,8 @@
 exactly as the papers do: ``reward = (1 - f) * s + f * format`` where ``s`` is the correctness
 score of the last turn's answer (times ``1 - p`` once, or once per search, when the episode
 searched and the spec has a search penalty) and ``format`` is the dialect's 0/1 format rule.
-The env, the TRL adapter, the evaluator and the replayer all call this module; nobody else
+The env scores every episode with it (so TRL rollouts, evaluation and replay all get their rewards
+through the env), and ``trajectories.rescore`` scores recorded turns with it; nobody else
 computes a reward.
 """
 

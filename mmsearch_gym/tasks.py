@@ -142,10 +142,6 @@ class TaskSet(Sequence[Task]):
         except KeyError:
             raise ConfigError(f"no task with id {task_id!r} in task set {self.name!r}") from None
 
-    def index_of(self, task_id: str) -> int:
-        self.by_id(task_id)
-        return self._by_id[task_id]
-
     def filter(self, predicate: Callable[[Task], bool], name: str | None = None) -> "TaskSet":
         return TaskSet([t for t in self._tasks if predicate(t)], name=name or self.name)
 

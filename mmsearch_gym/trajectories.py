@@ -1,7 +1,7 @@
 """Trajectories: everything one episode did, as one JSON line, enough to replay it bit for bit.
 
 ``mmsearch-gym eval --trajectories run.jsonl`` writes one line per finished episode;
-``replay`` re-executes the recorded action texts against the env in strict cache replay and
+:func:`mmsearch_gym.replay.replay` re-executes the recorded action texts in strict cache replay and
 checks that every observation, hit list and reward comes out identical; ``rescore`` recomputes
 the rewards of the recorded turns under another :class:`~mmsearch_gym.reward.RewardSpec`
 without an env or a search; ``render`` turns the file into an HTML report.
@@ -18,7 +18,8 @@ line, no pickle anywhere::
              "limits": {"max_turns", "image_search_budget", "text_search_budget", "top_k",
                         "on_invalid", "min_crop_side", "image_size", "max_text_length"},
              "backend": {"name", "version"},
-             "cache": {"mode", "dir", "name", "version", "params"} | null,
+             "cache": {"mode", "dir", "name", "version", "params"} | null  (for reference;
+                      replay never reads a path or mode from the file),
              "tasks": {"name", "size"}},
      "image": {"digest": image_digest of the task image, "width", "height",
                "thumbnail": null | {"mime": "image/jpeg" | "image/png", "width", "height",
@@ -49,37 +50,35 @@ isolated on its own line and the reader reports it by line number (:class:`DataE
 from __future__ import annotations
 
 import base64
-import difflib
 import hashlib
 import io
 import json
 import math
 import os
-import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from PIL import Image
 
-from mmsearch_gym.actions import action_from_json
+from mmsearch_gym.actions import action_from_json, action_to_json
+from mmsearch_gym.env_factory import describe_env  # noqa: F401  (re-exported: the env block of a record)
 from mmsearch_gym.errors import ConfigError, DataError, MMSearchError
 from mmsearch_gym.reward import RewardBreakdown
+from mmsearch_gym.runner import EpisodeEnd, StepEvent
 from mmsearch_gym.validation import MAX_INT, MAX_LINE_CHARS, SHA256_HEX, Fields, at_line, check_tree, loads
 
 if TYPE_CHECKING:
-    import gymnasium as gym
-
-    from mmsearch_gym.env import MMSearchEnv
     from mmsearch_gym.reward import RewardSpec
     from mmsearch_gym.search.base import Hit
+    from mmsearch_gym.tasks import TaskSet
 
 __all__ = [
-    "SCHEMA", "SCHEMA_VERSION", "HitRecord", "ImageRecord", "Mismatch", "ReplayReport", "Trajectory",
-    "TrajectoryWriter", "Turn", "describe_env", "encode_thumbnail", "hit_record", "iter_trajectories",
-    "read_trajectories", "replay", "rescore",
+    "SCHEMA", "SCHEMA_VERSION", "HitRecord", "ImageRecord", "Trajectory",
+    "TrajectoryRecorder", "TrajectoryWriter", "Turn", "describe_env", "encode_thumbnail", "hit_record",
+    "iter_trajectories", "read_trajectories", "rescore", "turn_from_step",
 ]
 
 SCHEMA = "mmsearch_gym.trajectory"
@@ -438,49 +437,67 @@ def _checked_env(f: Fields) -> Fields:
 
 
 # --------------------------------------------------------------------------------------------
-# Describing the env (what a replay needs to rebuild it)
+# Recording runner events
 # --------------------------------------------------------------------------------------------
 
 
-def _json_safe(value: Any) -> bool:
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError):
-        return False
-    return True
+def turn_from_step(text: str, observation: Mapping[str, Any], reward: float, terminated: bool, truncated: bool,
+                   info: Mapping[str, Any], *, policy_s: float = 0.0, env_s: float = 0.0,
+                   embed: bool = False) -> Turn:
+    """The Turn record of one ``env.step(text)`` that returned ``(observation, reward, ..., info)``."""
+    box = info.get("box")
+    return Turn(text=text, action=action_to_json(info["action"]), observation=str(observation["text"]),
+                box=None if box is None else (int(box[0]), int(box[1]), int(box[2]), int(box[3])),
+                hits=[hit_record(h, embed=embed) for h in info.get("hits") or []],
+                search_error=info.get("search_error"), reward=float(reward), terminated=bool(terminated),
+                truncated=bool(truncated),
+                counts={"image_searches": int(info["image_searches"]), "text_searches": int(info["text_searches"]),
+                        "invalid_turns": int(info["invalid_turns"])},
+                policy_s=policy_s, env_s=env_s)
 
 
-def describe_env(env: "MMSearchEnv", *, env_id: str | None = None,
-                 kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The ``env`` block of a trajectory: id, JSON-safe overrides and everything that changes results."""
-    from mmsearch_gym.search.cache import SearchCache
+class TrajectoryRecorder:
+    """Turns :mod:`mmsearch_gym.runner` events into Trajectory records, one per ended episode.
 
-    kwargs = dict(kwargs or {})
-    safe = {k: v for k, v in sorted(kwargs.items()) if _json_safe(v)}
-    backend = env.backend
-    cache = None
-    if isinstance(backend, SearchCache):
-        where = backend.location if backend.directory is None else str(Path(backend.directory).resolve())
-        cache = {"mode": backend.mode, "dir": where, "name": backend.name,
-                 "version": backend.version, "params": dict(backend.params)}
-    return {
-        "id": env_id,
-        "kwargs": safe,
-        "opaque_kwargs": sorted(k for k in kwargs if k not in safe),
-        "dialect": env.dialect.name,
-        "reward": env.reward_spec.describe(),
-        "limits": {"max_turns": env.max_turns, "image_search_budget": env.image_search_budget,
-                   "text_search_budget": env.text_search_budget, "top_k": env.top_k,
-                   "on_invalid": env.on_invalid, "min_crop_side": env.min_crop_side,
-                   "image_size": list(env.image_size), "max_text_length": env.max_text_length},
-        "backend": {"name": str(getattr(backend, "name", "")), "version": str(getattr(backend, "version", ""))},
-        "cache": cache,
-        "tasks": {"name": env.tasks.name, "size": len(env.tasks)},
-    }
+    Args:
+        tasks: the env's task set (for the gold answers).
+        policy: the policy's label.
+        env: the ``env`` block (:meth:`mmsearch_gym.env_factory.EnvFactory.describe`).
+        embed_images: keep a thumbnail of the task image and the result thumbnails.
+    """
 
+    def __init__(self, *, tasks: TaskSet, policy: str, env: Mapping[str, Any], embed_images: bool = False) -> None:
+        self.tasks = tasks
+        self.policy = policy
+        self.env = dict(env)
+        self.embed_images = embed_images
+        self._turns: dict[int, list[Turn]] = {}
 
-_REPLAY_CHECKED = ("dialect", "reward", "limits", "backend", "tasks")
-"""The env-block fields a replay env must match before any turn is re-executed."""
+    def record(self, event: StepEvent | EpisodeEnd) -> Trajectory | None:
+        """Take one event; returns the finished Trajectory on an episode's end, else None."""
+        if isinstance(event, EpisodeEnd):
+            return self._finish(event)
+        self._turns.setdefault(event.episode, []).append(
+            turn_from_step(event.text, event.observation, event.reward, event.terminated, event.truncated,
+                           event.info, policy_s=event.policy_s, env_s=event.env_s, embed=self.embed_images))
+        return None
+
+    def _finish(self, event: EpisodeEnd) -> Trajectory:
+        from mmsearch_gym.tasks import image_digest
+
+        turns = self._turns.pop(event.episode)
+        image = event.view.image
+        thumb = size = None
+        if self.embed_images:
+            thumb, size = encode_thumbnail(image)
+        record = ImageRecord(digest=image_digest(image), width=image.width, height=image.height, thumbnail=thumb,
+                             thumbnail_size=size)
+        task = self.tasks[event.task_index]
+        return Trajectory(episode=event.episode, task_id=event.view.task_id, category=str(event.info["category"]),
+                          question=event.view.question, answers=list(task.answers), seed=event.seed,
+                          policy=self.policy, env=self.env, image=record, turns=turns,
+                          reward=event.info["reward_breakdown"], terminated=turns[-1].terminated,
+                          truncated=turns[-1].truncated, task_index=event.task_index, reset_s=event.reset_s)
 
 
 # --------------------------------------------------------------------------------------------
@@ -579,221 +596,6 @@ def read_trajectories(path: str | Path) -> list[Trajectory]:
 
 
 # --------------------------------------------------------------------------------------------
-# Replay
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Mismatch:
-    """The first turn of an episode whose replay differs from the recording."""
-
-    episode: int
-    task_id: str
-    policy: str
-    turn: int | None
-    """1-based turn number, 0 for the reset, None for the final reward breakdown."""
-    diff: str
-    """A unified diff, recorded (---) against replayed (+++), or an error message."""
-
-    def describe(self) -> str:
-        where = ("reset" if self.turn == 0 else "final reward" if self.turn is None else f"turn {self.turn}")
-        return f"episode {self.episode} (task {self.task_id}, policy {self.policy}), {where}"
-
-
-@dataclass
-class ReplayReport:
-    """What a replay checked and where it first diverged."""
-
-    episodes: int = 0
-    turns: int = 0
-    mismatches: list[Mismatch] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.mismatches
-
-    def summary(self) -> str:
-        if self.ok:
-            return (f"replay OK: {self.episodes} episodes, {self.turns} turns; every observation, "
-                    "hit list and reward is identical")
-        return (f"replay FAILED: {len(self.mismatches)} of {self.episodes} episodes differ; first: "
-                f"{self.mismatches[0].describe()}")
-
-
-def _pretty(value: Any, indent: str = "") -> list[str]:
-    """A YAML-like, line-per-fact view for diffs: multi-line strings (observations) stay readable."""
-    lines: list[str] = []
-    items = (sorted(value.items()) if isinstance(value, dict)
-             else [("-", v) for v in value] if isinstance(value, list) else None)
-    if items is None:
-        return [indent + _scalar(value)]
-    if not items:
-        return [indent + ("{}" if isinstance(value, dict) else "[]")]
-    for key, item in items:
-        head = f"{indent}{key}:" if key != "-" or isinstance(value, dict) else f"{indent}-"
-        if isinstance(item, str) and "\n" in item:
-            lines.append(head + " |")
-            lines += [f"{indent}  {part}" for part in item.split("\n")]
-        elif isinstance(item, (dict, list)) and item:
-            lines.append(head)
-            lines += _pretty(item, indent + "  ")
-        else:
-            lines.append(f"{head} {_scalar(item)}")
-    return lines
-
-
-def _scalar(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
-
-
-def _diff(recorded: Any, replayed: Any, label: str) -> str:
-    lines = difflib.unified_diff(_pretty(recorded), _pretty(replayed), fromfile=f"recorded {label}",
-                                 tofile=f"replayed {label}", n=3, lineterm="")
-    return "\n".join(lines) + "\n"
-
-
-def replay(trajectories: str | Path | Iterable[Trajectory], *, env: "str | Callable[[], gym.Env] | None" = None,
-           cassette: str | Path | None = None, cache_dir: str | Path | None = None,
-           stop_at_first: bool = False, progress: bool = False) -> ReplayReport:
-    """Re-execute recorded action texts and check that the env answers exactly as recorded.
-
-    The env is rebuilt from each trajectory's ``env`` block (its id and JSON overrides) unless
-    ``env`` (an id or a factory) is given. Searches are answered in *strict* cache replay: a
-    ``SearchCache(mode="replay")`` over the cache directory the run used (``cache_dir``
-    overrides it), or over a fresh directory loaded from ``cassette``; a search that is not
-    cached raises :class:`~mmsearch_gym.search.cache.CacheMiss` in the returned report's first
-    mismatch instead of silently asking a live backend. Envs recorded in a replay mode already
-    (e.g. ``MMSearch-Replay-v0``) are rebuilt unchanged.
-
-    Compared at reset: the task's question, category, gold answers and image digest. Compared
-    per turn: the parsed action, the observation text, the crop box, every hit
-    (url, title, snippet, score, source, thumbnail digest), search errors, the step reward and
-    the termination flags; at the end, the full reward breakdown. Timings are not compared.
-    """
-    from mmsearch_gym.evaluate import EnvRecipe
-
-    items = read_trajectories(trajectories) if isinstance(trajectories, (str, Path)) else list(trajectories)
-    report = ReplayReport()
-    built: dict[str, Any] = {}
-    temp_dirs: list[tempfile.TemporaryDirectory[str]] = []
-    bar = _progress(len(items), "replay", progress)
-    try:
-        for traj in items:
-            report.episodes += 1
-            key = json.dumps([traj.env.get("id"), traj.env.get("kwargs"), traj.env.get("cache")], sort_keys=True)
-            if key not in built:
-                built[key] = _replay_env(traj, env, cassette, cache_dir, temp_dirs, EnvRecipe)
-            game = built[key]
-            mismatch = _replay_episode(game, traj, report)
-            if mismatch is not None:
-                report.mismatches.append(mismatch)
-                if stop_at_first:
-                    break
-            bar.update(1)
-    finally:
-        bar.close()
-        for game in built.values():
-            game.close()
-        for tmp in temp_dirs:
-            tmp.cleanup()
-    return report
-
-
-def _replay_env(traj: Trajectory, env: Any, cassette: str | Path | None, cache_dir: str | Path | None,
-                temp_dirs: list[tempfile.TemporaryDirectory[str]], recipe_cls: Any) -> "gym.Env":
-    record = traj.env
-    overrides: dict[str, Any] = dict(record.get("kwargs") or {})
-    source = env if env is not None else record.get("id")
-    if source is None:
-        raise ConfigError(f"episode {traj.episode} was recorded with a custom env factory (no env id); "
-                          "pass the env to replay (--env ID, or env= a factory in Python)")
-    if env is None and record.get("opaque_kwargs"):
-        raise ConfigError(f"episode {traj.episode} was recorded with object arguments "
-                          f"{record['opaque_kwargs']} that a file cannot hold; pass env= a factory that builds it")
-    cache = record.get("cache")
-    if cassette is not None:
-        tmp = tempfile.TemporaryDirectory(prefix="mmsearch-replay-")
-        temp_dirs.append(tmp)
-        overrides["cache"] = {"mode": "replay", "dir": tmp.name, "cassette": str(Path(cassette).resolve())}
-    elif cache is not None and (cache.get("mode") != "replay" or cache_dir is not None):
-        directory = Path(cache_dir if cache_dir is not None else cache["dir"]).expanduser()
-        if not (directory / "cache.db").is_file():
-            raise ConfigError(f"the search cache of the recorded run is not at {directory}; pass the cache "
-                              "directory (--cache-dir DIR) or a cassette exported from it (--cassette FILE)")
-        overrides["cache"] = {"mode": "replay", "dir": str(directory)}
-    elif cache is None and env is None:
-        raise ConfigError(f"episode {traj.episode} was recorded without a search cache, so its searches cannot "
-                          "be replayed strictly; pass --cassette FILE, or env= an env whose backend is a replay cache")
-    if not callable(source) and not isinstance(source, str):
-        raise ConfigError(f"env must be an env id or a factory, got {type(source).__name__}")
-    if callable(source):
-        game = source()
-    else:
-        game = recipe_cls.create(source, overrides).build()
-    live = describe_env(game.unwrapped)
-    diffs = [name for name in _REPLAY_CHECKED if live[name] != record.get(name)]
-    if diffs:
-        details = "".join(_diff({n: record.get(n) for n in diffs}, {n: live[n] for n in diffs}, "env"))
-        game.close()
-        raise ConfigError(f"the replay env differs from the recorded one in {diffs}; it would not reproduce "
-                          f"the run:\n{details}")
-    return game
-
-
-def _replay_episode(game: "gym.Env", traj: Trajectory, report: ReplayReport) -> Mismatch | None:
-    from mmsearch_gym.actions import action_to_json
-    from mmsearch_gym.search.cache import CacheMiss
-    from mmsearch_gym.tasks import image_digest
-
-    def mismatch(turn: int | None, recorded: Any, replayed: Any) -> Mismatch:
-        label = "reset" if turn == 0 else "reward breakdown" if turn is None else f"turn {turn}"
-        return Mismatch(traj.episode, traj.task_id, traj.policy, turn,
-                        _diff(recorded, replayed, f"episode {traj.episode} {label}"))
-
-    base = game.unwrapped
-    if traj.task_id not in base.tasks:
-        return Mismatch(traj.episode, traj.task_id, traj.policy, 0,
-                        f"task {traj.task_id!r} is not in the replay env's task set {base.tasks.name!r}\n")
-    _, info = game.reset(seed=traj.seed, options={"task_id": traj.task_id})
-    image = base.task.load_image()
-    start_rec = {"task_id": traj.task_id, "category": traj.category, "question": traj.question,
-                 "answers": list(traj.answers), "image_digest": traj.image.digest}
-    start_new = {"task_id": info["task_id"], "category": info["category"], "question": info["question"],
-                 "answers": list(base.task.answers), "image_digest": image_digest(image)}
-    if start_rec != start_new:
-        return mismatch(0, start_rec, start_new)
-    for number, turn in enumerate(traj.turns, 1):
-        try:
-            obs, reward, terminated, truncated, info = game.step(turn.text)
-        except CacheMiss as err:
-            return Mismatch(traj.episode, traj.task_id, traj.policy, number,
-                            f"search not in the replay cache (CacheMiss): {err}\n")
-        report.turns += 1
-        box = info.get("box")
-        replayed = Turn(text=turn.text, action=action_to_json(info["action"]), observation=str(obs["text"]),
-                        box=None if box is None else tuple(int(v) for v in box),
-                        hits=[hit_record(h) for h in info.get("hits") or []],
-                        search_error=info.get("search_error"), reward=float(reward),
-                        terminated=bool(terminated), truncated=bool(truncated),
-                        counts={"image_searches": int(info["image_searches"]),
-                                "text_searches": int(info["text_searches"]),
-                                "invalid_turns": int(info["invalid_turns"])})
-        if replayed.comparable() != turn.comparable():
-            return mismatch(number, turn.comparable(), replayed.comparable())
-        if (terminated or truncated) and number < len(traj.turns):
-            nxt = traj.turns[number]
-            return mismatch(number + 1, {"text": nxt.text, "action": nxt.action},
-                            "the replayed episode ended before this turn")
-        if number == len(traj.turns):
-            if not (terminated or truncated):
-                return mismatch(None, "the recorded episode ended here", "the replayed episode goes on")
-            breakdown = info["reward_breakdown"].to_json()
-            if breakdown != traj.reward.to_json():
-                return mismatch(None, traj.reward.to_json(), breakdown)
-    return None
-
-
-# --------------------------------------------------------------------------------------------
 # Rescore
 # --------------------------------------------------------------------------------------------
 
@@ -808,9 +610,3 @@ def rescore(trajectories: Iterable[Trajectory], spec: "RewardSpec") -> list[Rewa
 
     return [score_episode([t.text for t in traj.turns], traj.answers, spec, traj.question)
             for traj in trajectories]
-
-
-def _progress(total: int, desc: str, enabled: bool) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="ep", disable=not enabled, leave=False, dynamic_ncols=True)

@@ -166,3 +166,22 @@ def test_worker_errors_arrive_typed(tiny_tasks: TaskSet, tmp_path: Path) -> None
     policy = make_policy("rag", tasks=planned(tiny_tasks), reader=CapitalReader())
     with pytest.raises(CacheMiss, match="strict replay"):
         evaluate(make, policy, workers=2, progress=False)
+
+
+def test_cache_stats_show_the_lifetime_hits_and_misses_of_evaluations(
+        tiny_tasks: TaskSet, memory_backend: MemoryBackend, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """evaluate() closes its envs (also in worker processes), which writes the cache's counters."""
+    from mmsearch_gym.cli import main
+
+    tasks = planned(tiny_tasks)
+    stats = []
+    for workers in (1, 2):
+        evaluate(factory(tasks, memory_backend, tmp_path / "cache"), make_policy("oracle", tasks=tasks,
+                 reader=CapitalReader()), workers=workers, progress=False)
+        capsys.readouterr()
+        assert main(["cache", "stats", str(tmp_path / "cache"), "--json"]) == 0
+        data = json.loads(capsys.readouterr().out)
+        stats.append((data["hits"], data["misses"]))
+    searches = stats[0][1]
+    assert searches > 0 and stats == [(0, searches), (searches, searches)]  # the second run only hits

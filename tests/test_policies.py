@@ -334,3 +334,51 @@ def test_text_only_content_puts_placeholders_where_the_images_were() -> None:
     assert text_only_content("plain") == "plain"
     # markers without their images (or images without markers) stay as plain words
     assert text_only_content([{"type": "text", "text": "1. <image> x"}]) == "1. [image] x"
+
+
+# ---------------------------------------------------------------------------------------------
+# The registry: families resolved on use, missing extras named
+# ---------------------------------------------------------------------------------------------
+
+
+def test_registry_targets_are_strings_resolved_on_use() -> None:
+    from mmsearch_gym.policies import POLICY_REGISTRY
+
+    assert set(POLICY_REGISTRY) >= {"transformers", "openai", "sb3"}
+    for prefix, entry in POLICY_REGISTRY.items():
+        assert isinstance(entry.target, str) and ":" in entry.target
+        assert prefix in entry.example
+    assert callable(POLICY_REGISTRY["openai"].resolve("openai"))
+
+
+@pytest.mark.parametrize("spec,extra,module", [("transformers:/no/such/model", "trl", "torch"),
+                                               ("sb3:/no/such/model.zip", "sb3", "torch")])
+def test_a_missing_extra_is_named(spec: str, extra: str, module: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, module, None)  # as if torch were not installed
+    for name in [n for n in sys.modules if n.startswith("mmsearch_gym.integrations")]:
+        monkeypatch.delitem(sys.modules, name)
+    with pytest.raises(ConfigError, match=rf"needs {module}.*pip install 'mmsearch-gym\[{extra}\]'"):
+        make_policy(spec)
+
+
+def test_register_policy_adds_a_family(tiny_tasks) -> None:
+    from mmsearch_gym.policies import POLICY_REGISTRY, PolicyEntry, register_policy
+
+    register_policy("scripted-rag", PolicyEntry("mmsearch_gym.policies:RAGPolicy", "scripted-rag:x"))
+    try:
+        with pytest.raises(ConfigError, match="needs an argument"):
+            make_policy("scripted-rag:")
+        with pytest.raises(ConfigError, match="policy scripted-rag: .*tasks"):  # a second value for tasks
+            make_policy("scripted-rag:x", tasks=tiny_tasks)
+    finally:
+        del POLICY_REGISTRY["scripted-rag"]
+    register_policy("gone", PolicyEntry("mmsearch_gym_no_such_module.sub:Thing", "gone:x", extra="trl"))
+    try:
+        with pytest.raises(ConfigError, match=r"needs mmsearch_gym_no_such_module.*\[trl\]"):
+            make_policy("gone:x")
+    finally:
+        del POLICY_REGISTRY["gone"]
+    with pytest.raises(ConfigError, match="prefix"):
+        register_policy("rag", PolicyEntry("m:x", "rag:x"))

@@ -47,8 +47,8 @@ def _ref_is_text(r):
 def reference_score(turns, answers, p=0.1, f=0.1, per_search=False, mode="EM"):
     t = [x.strip() for x in turns]
     counted = t if len(t) == 1 else t[:-1]
-    searches = sum(("<search><img></search>" in r) + ("<text_search>" in r and "</text_search>" in r)
-                   for r in counted)
+    # a turn counts at most once, even when it holds both an image-search and a text-search tag
+    searches = sum(1 for r in counted if "<search><img></search>" in r or ("<text_search>" in r and "</text_search>" in r))
     if len(t) == 1:
         fmt = int(_ref_is_answer(t[0]))
     elif len(t) == 2:
@@ -78,6 +78,12 @@ turn = st.one_of(
                                "<crop>1,2,30,40</crop><search><img></search>", " <answer>Paris</answer>\n"])),
 )
 episodes = st.lists(turn, min_size=1, max_size=3)
+both_tags_turn = st.builds(
+    lambda r, first, second, tail: f"<reason>{r}</reason>{first}{second}{tail}", st.sampled_from(["", "think"]),
+    st.sampled_from(["<search><img></search>", "<text_search>q</text_search>", "<text_search>", ""]),
+    st.sampled_from(["<text_search>Paris capital</text_search>", "<search><img></search>", "</text_search>"]),
+    st.sampled_from(["", "<answer>Paris</answer>", "<search><img></search>"]))
+mixed_episodes = st.lists(st.one_of(both_tags_turn, turn), min_size=1, max_size=3)
 
 
 @settings(max_examples=1500, deadline=None)
@@ -85,6 +91,22 @@ episodes = st.lists(turn, min_size=1, max_size=3)
 def test_mmsearch_r1_preset_equals_the_papers_scorer(turns, per_search) -> None:
     spec = RewardSpec.mmsearch_r1(penalty_per_search=per_search)
     assert episode_reward(turns, ["Paris"], spec) == reference_score(turns, ["Paris"], per_search=per_search)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(mixed_episodes, st.booleans())
+def test_turns_holding_both_search_tags_count_once_as_in_the_papers_scorer(turns, per_search) -> None:
+    spec = RewardSpec.mmsearch_r1(penalty_per_search=per_search)
+    assert episode_reward(turns, ["Paris"], spec) == reference_score(turns, ["Paris"], per_search=per_search)
+    assert score_episode(turns, ["Paris"], spec).searches <= max(1, len(turns) - 1)
+
+
+def test_a_turn_with_both_tags_is_one_search_with_per_search_penalty() -> None:
+    turns = ["<reason>r</reason><search><img></search><text_search>q</text_search>",
+             "<reason>r</reason><answer>Paris</answer>"]
+    b = score_episode(turns, ["Paris"], RewardSpec.mmsearch_r1(penalty_per_search=True))
+    assert b.searches == 1 and b.score == pytest.approx(0.9)
+    assert b.reward == pytest.approx(0.9 * 0.9)  # format 0: two action tags in one turn
 
 
 @settings(max_examples=500, deadline=None)

@@ -20,8 +20,9 @@ from mmsearch_gym.reward import RewardBreakdown, RewardSpec, score_episode
 from mmsearch_gym.search.base import MemoryBackend
 from mmsearch_gym.search.cache import SearchCache
 from mmsearch_gym.tasks import TaskSet
+from mmsearch_gym.replay import replay
 from mmsearch_gym.trajectories import (SCHEMA_VERSION, HitRecord, ImageRecord, Trajectory, TrajectoryWriter, Turn,
-                                       read_trajectories, replay, rescore)
+                                       read_trajectories, rescore)
 
 from fixture_world import CapitalReader, planned
 

@@ -31,7 +31,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mmsearch_gym.trajectories import replay
+    from mmsearch_gym.replay import replay
 
     report = replay(args.trajectories, env=args.env, cassette=args.cassette, cache_dir=args.cache_dir,
                     stop_at_first=not args.all, progress=not args.no_progress)

@@ -421,10 +421,14 @@ class SearchCache:
         self._flushed_hits, self._flushed_misses = self._hits, self._misses
 
     def close(self) -> None:
-        """Flush lifetime counters and close the store (a directory store reopens on next use)."""
+        """Flush lifetime counters and close the store (a directory store reopens on next use),
+        then the wrapped backend and fallback when they have ``close()`` (e.g. HTTP sessions)."""
         with contextlib.suppress(diskcache.Timeout, sqlite3.Error, SearchError, OSError):
             self.flush_stats()
         self._store.close()
+        for inner in (self._backend, self._fallback):
+            if callable(getattr(inner, "close", None)):
+                inner.close()  # type: ignore[union-attr]
 
     def __enter__(self) -> SearchCache:
         return self
