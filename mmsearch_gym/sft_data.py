@@ -213,12 +213,10 @@ def make_sft(env: str, teacher: str, out_dir: str | Path, *, overrides: Mapping[
     summary.new_episodes = new
     write_jsonl((t.to_json() for t in chosen), out / "sft.jsonl")
     if hf and chosen:
-        import datasets
-
-        from mmsearch_gym.hf_datasets import to_hf_dataset
+        from mmsearch_gym.hf_datasets import _datasets, to_hf_dataset
 
         if not progress:
-            datasets.disable_progress_bars()
+            _datasets().disable_progress_bars()
         label_of = {t.task_id: _label_of(tasks.by_id(t.task_id) if t.task_id in tasks else None, t, label_map)
                     for t in chosen}
         to_hf_dataset(chosen, tasks=tasks, labels=label_of).save_to_disk(str(out / "hf"))
