@@ -39,7 +39,7 @@ def _datasets() -> Any:
     return datasets
 
 
-def _task_image(trajectory: Trajectory, tasks: "TaskSet | None") -> bytes | None:
+def _task_image(trajectory: Trajectory, tasks: TaskSet | None) -> bytes | None:
     """PNG of the task image (from the task set) or the trajectory's embedded thumbnail."""
     if tasks is not None and trajectory.task_id in tasks:
         buf = io.BytesIO()
@@ -57,8 +57,8 @@ def _messages(trajectory: Trajectory) -> list[dict[str, str]]:
     return messages
 
 
-def to_hf_dataset(trajectories: Iterable[Trajectory], *, tasks: "TaskSet | None" = None,
-                  labels: Mapping[str, str] | None = None, thumbnails: bool = True) -> "datasets.Dataset":
+def to_hf_dataset(trajectories: Iterable[Trajectory], *, tasks: TaskSet | None = None,
+                  labels: Mapping[str, str] | None = None, thumbnails: bool = True) -> datasets.Dataset:
     """One row per episode, images as ``Image`` features.
 
     ``tasks`` gives the full-resolution task images (otherwise the thumbnail embedded with
@@ -103,14 +103,14 @@ def to_hf_dataset(trajectories: Iterable[Trajectory], *, tasks: "TaskSet | None"
     return datasets.Dataset.from_dict(rows, features=features)
 
 
-def from_hf_dataset(data: "datasets.Dataset | str | Path") -> list[Trajectory]:
+def from_hf_dataset(data: datasets.Dataset | str | Path) -> list[Trajectory]:
     """The trajectories of a dataset made by :func:`to_hf_dataset` (an object or a
     ``save_to_disk`` folder), bit for bit as they were recorded."""
     datasets = _datasets()
     if isinstance(data, (str, Path)):
         try:
             data = datasets.load_from_disk(str(data))
-        except Exception as exc:  # datasets raises FileNotFoundError or its own errors
+        except Exception as exc:  # noqa: BLE001 - datasets raises FileNotFoundError or its own errors
             raise DataError(f"{data} is not a datasets save_to_disk folder: {exc}") from None
     if isinstance(data, datasets.DatasetDict):
         if len(data) != 1:

@@ -103,7 +103,7 @@ def env_tasks(env: str, overrides: Mapping[str, Any]) -> tuple[TaskSet, Any]:
 
     probe = EnvRecipe.create(env, overrides).build()
     try:
-        base = probe.unwrapped
+        base: Any = probe.unwrapped
         return base.tasks, base.dialect
     finally:
         probe.close()
@@ -154,11 +154,12 @@ def label_search_need(env: str, policy: str, out: str | Path, *, rule: SearchNee
                 report = play(env, blocked, agent, part, seed=seed + r * 1_000_003, batch_size=batch_size)
                 for result in report.results:
                     correct[result.task_id] += int(result.correct)
-            records = [{"task_id": tid, "label": rule.label(c), "correct": c, "k": rule.k,
-                        "min_correct": rule.threshold, "policy": policy} for tid, c in correct.items()]
+            records: list[dict[str, Any]] = [
+                {"task_id": tid, "label": rule.label(c), "correct": c, "k": rule.k, "min_correct": rule.threshold,
+                 "policy": policy} for tid, c in correct.items()]
             with open(out, "a", encoding="utf-8") as handle:
                 handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-            done.update((r["task_id"], r) for r in records)
+            done.update((str(r["task_id"]), r) for r in records)
             bar.update(len(part))
     return done
 

@@ -37,7 +37,13 @@ from pathlib import Path
 from typing import Any
 
 from mmsearch_gym.errors import ConfigError, DataError
-from mmsearch_gym.search_need import SEARCH_REQUIRED, env_tasks, play, read_labels, write_jsonl
+from mmsearch_gym.search_need import (
+    SEARCH_REQUIRED,
+    env_tasks,
+    play,
+    read_labels,
+    write_jsonl,
+)
 from mmsearch_gym.tasks import SEARCH_FREE, Task, TaskSet
 from mmsearch_gym.trajectories import Trajectory, read_trajectories
 

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
-
 from test_openai_policy import FakeServer, completion
 
 __all__ = ["FakeServer", "knows_paris_server", "write_tasks"]

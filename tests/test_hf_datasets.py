@@ -8,8 +8,8 @@ import pytest
 
 from mmsearch_gym.errors import DataError
 from mmsearch_gym.evaluate import evaluate
-from mmsearch_gym.reward import RewardSpec
 from mmsearch_gym.hf_datasets import from_hf_dataset, load_trajectories, to_hf_dataset
+from mmsearch_gym.reward import RewardSpec
 from mmsearch_gym.trajectories import read_trajectories, rescore
 from mmsearch_gym.world import load_tasks
 

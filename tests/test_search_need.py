@@ -7,11 +7,16 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from data_fixtures import FakeServer, knows_paris_server, write_tasks
+
 from mmsearch_gym.errors import ConfigError, DataError
-from mmsearch_gym.search_need import (SearchNeedRule, balanced_labels, label_search_need, no_search_overrides,
-                                      read_labels)
+from mmsearch_gym.search_need import (
+    SearchNeedRule,
+    balanced_labels,
+    label_search_need,
+    no_search_overrides,
+    read_labels,
+)
 from mmsearch_gym.world import load_tasks
 
 

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from data_fixtures import FakeServer, knows_paris_server, write_tasks
+
 from mmsearch_gym.errors import DataError
 from mmsearch_gym.search_need import SearchNeedRule, label_search_need, write_jsonl
 from mmsearch_gym.sft_data import make_sft, select_episodes

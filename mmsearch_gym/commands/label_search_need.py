@@ -50,7 +50,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from mmsearch_gym.commands.eval import env_overrides, parse_pairs
     from mmsearch_gym.errors import ConfigError
-    from mmsearch_gym.search_need import SearchNeedRule, balanced_labels, label_search_need, write_jsonl
+    from mmsearch_gym.search_need import (
+        SearchNeedRule,
+        balanced_labels,
+        label_search_need,
+        write_jsonl,
+    )
 
     if args.chunk < 1 or args.batch_size < 1:
         raise ConfigError("--chunk and --batch-size must be >= 1")

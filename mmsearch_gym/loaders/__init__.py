@@ -11,8 +11,17 @@ cache), ``rows`` (reading files and the offline hub; images as bytes, paths, ids
 (the source syntax).
 """
 
-from mmsearch_gym.loaders.benchmarks import BENCHMARKS, Benchmark, answer_aliases, load_benchmark
-from mmsearch_gym.loaders.fvqa import extract_question, fvqa_search_cassette, load_fvqa_parquet
+from mmsearch_gym.loaders.benchmarks import (
+           BENCHMARKS,
+           Benchmark,
+           answer_aliases,
+           load_benchmark,
+)
+from mmsearch_gym.loaders.fvqa import (
+           extract_question,
+           fvqa_search_cassette,
+           load_fvqa_parquet,
+)
 from mmsearch_gym.loaders.jsonl import load_jsonl
 from mmsearch_gym.loaders.sources import SOURCE_KINDS, load_source, parse_source
 

@@ -71,7 +71,7 @@ def _parquet_rows(path: Path) -> list[dict[str, Any]]:
         raise ConfigError("reading parquet files needs pyarrow: pip install mmsearch-gym[parquet]") from None
     try:
         return pq.read_table(path).to_pylist()
-    except Exception as exc:  # pyarrow raises several types for a corrupt file
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a corrupt file
         raise DataError(f"{path} is not a readable parquet file: {exc}") from None
 
 
@@ -85,7 +85,7 @@ def _arrow_rows(path: Path) -> list[dict[str, Any]]:
         try:
             with pa.memory_map(str(path)) as source:
                 return opener(source).read_all().to_pylist()
-        except Exception as exc:  # noqa: PERF203 - two formats to try
+        except Exception as exc:  # noqa: BLE001
             errors.append(str(exc))
     raise DataError(f"{path} is not a readable Arrow IPC file: {errors[-1]}")
 
@@ -158,7 +158,7 @@ def _load_from_disk(path: Path) -> Any:
     datasets = _datasets()
     try:
         data = datasets.load_from_disk(str(path))
-    except Exception as exc:  # datasets raises FileNotFoundError or its own errors
+    except Exception as exc:  # noqa: BLE001 - datasets raises FileNotFoundError or its own errors
         raise DataError(f"{path} is not a datasets save_to_disk folder: {exc}") from None
     if isinstance(data, datasets.DatasetDict):
         if len(data) != 1:
@@ -205,7 +205,7 @@ def read_hf(spec: str) -> Rows:
             f"mmsearch-gym reads hf: sources offline; download it once with "
             f"`python -c \"import datasets; datasets.load_dataset({name!r}, {config!r})\"` (online), "
             "or point hf: at a local folder") from None
-    except Exception as exc:  # datasets raises many error types for missing configs and files
+    except Exception as exc:  # noqa: BLE001 - datasets raises many error types for missing configs and files
         raise DataError(f"hf:{spec} could not be read offline: {type(exc).__name__}: {str(exc)[:300]}") from None
     if isinstance(data, datasets.DatasetDict):
         if len(data) != 1:

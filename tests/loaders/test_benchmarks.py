@@ -29,7 +29,7 @@ def _jpg_file(path: Path, color: tuple[int, int, int]) -> Path:
     return path
 
 
-def _hub_dataset(rows: dict, image_columns: tuple[str, ...] = ("image",)) -> "datasets.Dataset":
+def _hub_dataset(rows: dict, image_columns: tuple[str, ...] = ("image",)) -> datasets.Dataset:
     """A Dataset with Image features, as the hub's parquet / Arrow files hold them."""
     features = {}
     ds = datasets.Dataset.from_dict(rows)
