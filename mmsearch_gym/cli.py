@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from mmsearch_gym.errors import MMSearchError
 
-COMMANDS = ("demo", "eval", "replay", "rescore", "render", "train", "cache")
+COMMANDS = ("demo", "eval", "replay", "rescore", "render", "train", "cache", "label-search-need", "make-sft")
 
 
 _OPTIONAL_MODULES = {"torch": "trl", "transformers": "trl", "trl": "trl", "datasets": "trl",
@@ -39,9 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         try:
-            module = importlib.import_module(f"mmsearch_gym.commands.{name}")
+            module = importlib.import_module(f"mmsearch_gym.commands.{name.replace('-', '_')}")
         except ModuleNotFoundError as err:
-            if err.name != f"mmsearch_gym.commands.{name}":
+            if err.name != f"mmsearch_gym.commands.{name.replace('-', '_')}":
                 raise
             continue
         command = sub.add_parser(name, help=module.HELP, description=module.HELP)

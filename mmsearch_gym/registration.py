@@ -49,8 +49,8 @@ def register_envs() -> list[str]:
 
 
 def resolve_tasks(tasks: TaskSet | str | Mapping[str, Any]) -> TaskSet:
-    """``"world:test"``, ``{"world": "train", "n": 5000, "seed": 0}``, ``"jsonl:PATH"``,
-    ``"fvqa:PATH"`` or a TaskSet."""
+    """``"world:test"``, ``{"world": "train", "n": 5000, "seed": 0}``, any task-source string
+    (``"jsonl:PATH"``, ``"fvqa:PATH"``, ``"infoseek:PATH"``, ``"hf:NAME"`` ...) or a TaskSet."""
     if isinstance(tasks, TaskSet):
         return tasks
     if isinstance(tasks, Mapping):
@@ -60,19 +60,11 @@ def resolve_tasks(tasks: TaskSet | str | Mapping[str, Any]) -> TaskSet:
         from mmsearch_gym.world import load_tasks
         split = options.pop("world")
         return load_tasks(split, **options)
-    if not isinstance(tasks, str) or ":" not in tasks:
-        raise ConfigError(f"tasks must be a TaskSet or 'world:SPLIT', 'jsonl:PATH', 'fvqa:PATH'; got {tasks!r}")
-    kind, _, value = tasks.partition(":")
-    if kind == "world":
-        from mmsearch_gym.world import load_tasks
-        return load_tasks(value)
-    if kind == "jsonl":
-        from mmsearch_gym.loaders import load_jsonl
-        return load_jsonl(value)
-    if kind == "fvqa":
-        from mmsearch_gym.loaders import load_fvqa_parquet
-        return load_fvqa_parquet(value)
-    raise ConfigError(f"unknown task source {kind!r} in {tasks!r}; use world:, jsonl: or fvqa:")
+    if not isinstance(tasks, str):
+        raise ConfigError(f"tasks must be a TaskSet or a source string such as 'world:SPLIT', 'jsonl:PATH', "
+                          f"'infoseek:PATH' or 'hf:NAME'; got {tasks!r}")
+    from mmsearch_gym.loaders import load_source  # one syntax: see mmsearch_gym.loaders.sources
+    return load_source(tasks)
 
 
 def resolve_backend(backend: SearchBackend | str | Mapping[str, Any]) -> SearchBackend:

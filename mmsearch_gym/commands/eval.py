@@ -41,7 +41,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--split", choices=("test", "train"), default=None,
                         help="play this split of the built-in world instead of the env's own tasks")
     source.add_argument("--tasks", default=None, metavar="SOURCE",
-                        help="task source instead of the env's own: jsonl:PATH, fvqa:PATH or world:SPLIT")
+                        help="task source instead of the env's own: world:SPLIT, jsonl:PATH, fvqa:PATH, "
+                        "BENCH:PATH or BENCH:hf:NAME[:CONFIG][:SPLIT] (BENCH: infoseek, mmsearch, simplevqa, "
+                        "livevqa, encvqa, dynvqa, okvqa, aokvqa), hf:NAME; options ?image_dir=DIR&limit=N")
     parser.add_argument("--episodes", type=int, default=None, metavar="N",
                         help="play tasks 0..N-1 (default: every task)")
     parser.add_argument("--dialect", default=None, choices=("mmsearch-r1", "deepmmsearch-r1", "tool-json"),

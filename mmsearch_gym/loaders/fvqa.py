@@ -1,151 +1,22 @@
-"""Load TaskSets from files: a simple JSONL format and MMSearch-R1's FVQA parquet schema.
+"""MMSearch-R1's FVQA parquet schema, and its released image-search cache as a cassette.
 
-Researchers bring their own questions. The JSONL format is the one to write by hand; the
-FVQA loader reads MMSearch-R1's released parquet files as they are, so their train and test
-sets run in this env unchanged. Every malformed input raises a :class:`DataError` naming the
-file and line (or row) and saying what is wrong.
+The FVQA loader reads MMSearch-R1's released parquet files as they are, so their train and
+test sets run in this env unchanged. Every malformed row raises a :class:`DataError`.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from mmsearch_gym.errors import ConfigError, DataError
-from mmsearch_gym.tasks import SEARCH_FREE, SceneObject, Task, TaskSet
+from mmsearch_gym.loaders.jsonl import _category
+from mmsearch_gym.tasks import Task, TaskSet
 
-__all__ = ["extract_question", "load_fvqa_parquet", "load_jsonl"]
-
-_JSONL_FIELDS = frozenset({"id", "image", "image_url", "question", "answers", "category", "split",
-                           "objects"})
-
-
-# --- JSONL --------------------------------------------------------------------------
-
-def load_jsonl(path: str | Path, *, split: str | None = None) -> TaskSet:
-    """Load one task per line of a JSONL file.
-
-    Each line is an object with ``image`` (a path relative to the JSONL file's folder, or
-    absolute), ``question`` and ``answers`` (a list of accepted answers, or one string), and
-    optionally ``id``, ``image_url``, ``category`` (default "unknown"), ``split`` (default
-    "test") and ``objects`` (``[{label, box: [x1, y1, x2, y2], entity?, attributes?}]``, the
-    scene annotations the grounder uses). Other keys are kept in ``Task.meta``.
-    With ``split`` given, only the lines of that split are kept.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"task file {path} does not exist")
-    folder = path.parent
-    tasks: list[Task] = []
-    seen: set[str] = set()
-    with path.open("r", encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path} line {lineno}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: not valid JSON ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            task = _task_from_record(record, where, folder, default_id=f"{path.stem}-{lineno:06d}")
-            if task.id in seen:
-                raise DataError(f"{where}: the task id {task.id!r} appears twice; ids must be unique")
-            seen.add(task.id)
-            if split is None or task.split == split:
-                tasks.append(task)
-    if not tasks:
-        which = f" of split {split!r}" if split is not None else ""
-        raise DataError(f"{path} holds no tasks{which}")
-    return TaskSet(tasks, name=path.stem if split is None else f"{path.stem}:{split}")
-
-
-def _task_from_record(record: Mapping[str, Any], where: str, folder: Path, default_id: str) -> Task:
-    for key in ("image", "question", "answers"):
-        if key not in record or record[key] in (None, ""):
-            raise DataError(f"{where}: missing required field {key!r} (need image, question, answers)")
-    question = record["question"]
-    if not isinstance(question, str) or not question.strip():
-        raise DataError(f"{where}: 'question' must be a non-empty string")
-    answers = _answers(record["answers"], where)
-    image = record["image"]
-    if not isinstance(image, str):
-        raise DataError(f"{where}: 'image' must be a file path string")
-    image_path = Path(image) if Path(image).is_absolute() else folder / image
-    if not image_path.is_file():
-        raise DataError(f"{where}: image file {image_path} does not exist")
-    objects = _objects(record.get("objects") or [], where)
-    task_id = record.get("id", default_id)
-    if not isinstance(task_id, (str, int)) or str(task_id) == "":
-        raise DataError(f"{where}: 'id' must be a non-empty string")
-    image_url = record.get("image_url")
-    if image_url is not None and not isinstance(image_url, str):
-        raise DataError(f"{where}: 'image_url' must be a string or null")
-    meta = {k: v for k, v in record.items() if k not in _JSONL_FIELDS}
-    return Task(
-        id=str(task_id),
-        question=question.strip(),
-        answers=answers,
-        category=_category(record.get("category") or "unknown"),
-        split=str(record.get("split") or "test"),
-        objects=objects,
-        image_path=str(image_path),
-        image_url=image_url,
-        meta=meta,
-    )
-
-
-def _answers(value: Any, where: str) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, Sequence) or isinstance(value, (bytes, bytearray)):
-        raise DataError(f"{where}: 'answers' must be a string or a list of strings")
-    out: list[str] = []
-    for item in value:
-        if not isinstance(item, (str, int, float)) or isinstance(item, bool):
-            raise DataError(f"{where}: every answer must be a string, got {item!r}")
-        text = str(item).strip()
-        if text and text not in out:
-            out.append(text)
-    if not out:
-        raise DataError(f"{where}: 'answers' is empty; give at least one accepted answer")
-    return tuple(out)
-
-
-def _objects(value: Any, where: str) -> tuple[SceneObject, ...]:
-    if not isinstance(value, list):
-        raise DataError(f"{where}: 'objects' must be a list of {{label, box, entity?, attributes?}}")
-    objects = []
-    for i, item in enumerate(value):
-        if not isinstance(item, dict) or "label" not in item or "box" not in item:
-            raise DataError(f"{where}: objects[{i}] needs 'label' and 'box'")
-        box = item["box"]
-        if (not isinstance(box, list) or len(box) != 4
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)):
-            raise DataError(f"{where}: objects[{i}].box must be [x1, y1, x2, y2] in pixels")
-        x1, y1, x2, y2 = (round(v) for v in box)
-        if x2 <= x1 or y2 <= y1:
-            raise DataError(f"{where}: objects[{i}].box {box} is empty (need x1 < x2 and y1 < y2)")
-        attributes = item.get("attributes") or {}
-        if not isinstance(attributes, dict):
-            raise DataError(f"{where}: objects[{i}].attributes must be an object")
-        entity = item.get("entity")
-        objects.append(SceneObject(label=str(item["label"]), box=(x1, y1, x2, y2),
-                                   entity=None if entity is None else str(entity),
-                                   attributes=attributes))
-    return tuple(objects)
-
-
-def _category(value: Any) -> str:
-    """Keep categories as given, folding spelling variants of "search free"."""
-    text = str(value).strip()
-    if re.sub(r"[\s_-]+", "", text.lower()) == "searchfree":
-        return SEARCH_FREE
-    return text
+__all__ = ["extract_question", "load_fvqa_parquet"]
 
 
 # --- FVQA parquet ---------------------------------------------------------------------
@@ -309,3 +180,74 @@ def _fvqa_answers(reward_model: Mapping[str, Any], where: str) -> tuple[str, ...
     if not answers:
         raise DataError(f"{where}: reward_model has no ground_truth")
     return tuple(answers)
+
+
+# --- FVQA's released image-search cache --------------------------------------------------
+
+
+def fvqa_search_cassette(cache_json: str | Path, tasks: TaskSet, out: str | Path, *,
+                         images_dir: str | Path | None = None, backend: str = "fvqa-cache",
+                         backend_version: str = "1", k: int = 5) -> int:
+    """Write MMSearch-R1's released image-search cache as a cassette; returns its entry count.
+
+    MMSearch-R1 ships ``search_cache/fvqa_train_image_search_results_cache.json``: an object
+    mapping a ``data_id`` to ``{"tool_returned_web_title": [...], "cached_images_path": [...]}``
+    (the titles and thumbnails its image search returned for that task's whole image; the
+    thumbnails are in ``cached_images/train.zip``, unzipped into ``images_dir``). Each task of
+    ``tasks`` whose id is in the file becomes one whole-image search entry keyed by the task
+    image's digest and ``k`` (the env's ``top_k``), so a replay cache of backend
+    ``backend@backend_version`` answers the env's first image search exactly as in the paper.
+    Hits whose thumbnail file is missing are dropped, as MMSearch-R1's own loader does. Text
+    searches were not released, so none are imported. The cassette is written with
+    :func:`mmsearch_gym.search.cassette.write_cassette` (canonical, atomic).
+    """
+    from mmsearch_gym.search.base import Hit
+    from mmsearch_gym.search.cache import CacheEntry
+    from mmsearch_gym.search.cassette import write_cassette
+    from mmsearch_gym.tasks import image_digest
+
+    path = Path(cache_json)
+    if not path.is_file():
+        raise DataError(f"search cache file {path} does not exist")
+    try:
+        cache = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(cache, dict):
+        raise DataError(f"{path}: expected an object mapping data_id to search results")
+    base = Path(images_dir) if images_dir is not None else path.parent
+    entries = []
+    for task in tasks:
+        record = cache.get(task.id)
+        if not record:
+            continue
+        if not isinstance(record, dict):
+            raise DataError(f"{path} [{task.id!r}]: expected an object with tool_returned_web_title and "
+                            "cached_images_path")
+        titles = record.get("tool_returned_web_title") or []
+        images = record.get("cached_images_path") or []
+        if not isinstance(titles, list) or not isinstance(images, list):
+            raise DataError(f"{path} [{task.id!r}]: tool_returned_web_title and cached_images_path must be lists")
+        hits = []
+        for rank, (title, image) in enumerate(zip(titles, images)):
+            thumb = _thumbnail_file(base, image)
+            if thumb is None:
+                continue
+            hits.append(Hit(title=str(title), url=f"fvqa-cache:{Path(str(image)).name}", snippet="",
+                            score=float(len(titles) - rank), source="fvqa-cache", thumbnail=thumb.read_bytes()))
+        entries.append(CacheEntry(kind="image", k=int(k), backend=backend, backend_version=backend_version,
+                                  hits=tuple(hits[:k]), digest=image_digest(task.load_image()), box=None))
+    if not entries:
+        raise DataError(f"{path} holds results for none of the {len(tasks)} tasks of {tasks.name!r} "
+                        "(its keys are FVQA data_ids)")
+    return write_cassette(entries, out, backend=backend, backend_version=backend_version)
+
+
+def _thumbnail_file(base: Path, image: Any) -> Path | None:
+    if not isinstance(image, str) or not image:
+        return None
+    candidate = Path(image)
+    for path in (candidate, base / candidate, base / candidate.name):
+        if path.is_file():
+            return path
+    return None
