@@ -8,13 +8,16 @@ count as searches.
 
 Parsing is total and linear-time: every string maps to an action using only ``str.find`` /
 ``str.rfind`` scans (no backtracking regular expressions), and nothing in this module raises on
-model text.
+model text. Every number a model writes is bounded before it is used (``MAX_COORDINATE``,
+``MAX_TOOL_CALL_CHARS``, ``_MAX_JSON_INT_DIGITS``); :func:`safe_text` is what the env applies to
+model text at its boundary so that it can always be encoded as UTF-8.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,12 +28,37 @@ from mmsearch_gym.errors import ConfigError
 MAX_QUERY_CHARS = 2048
 """Longer text-search queries are Invalid: no search engine takes them, and they bloat cache keys."""
 MAX_EXPRESSION_CHARS = 512
+MAX_COORDINATE = 1_000_000
+"""Crop-box coordinates beyond +-this many pixels are Invalid (no image is that large); the bound
+is checked before any int -> float conversion, so no model-written number can overflow."""
+MAX_TOOL_CALL_CHARS = 65_536
+"""Longer tool-call payloads are Invalid before JSON decoding: no legal call is near this size
+(a query is at most MAX_QUERY_CHARS), and it bounds the decoder's time and memory."""
+_MAX_JSON_INT_DIGITS = 32
+"""Longer integers in tool-call JSON are Invalid without being converted (Python's own limit,
+``sys.get_int_max_str_digits()``, is 4300 digits by default and can be switched off)."""
 _MAX_BOX_CHARS = 200
+_SURROGATES = re.compile(r"[\ud800-\udfff]")
 UNABLE_TO_ANSWER = "Unable to answer due to lack of relevant information"
 THUMBNAIL_MARKER = "[image]"
 """Stands for a result thumbnail in tool-result text. Chat messages put the thumbnail's image
 block exactly there; it is deliberately no VLM's image token, so placeholders and images never
 disagree in number."""
+
+
+def safe_text(text: str) -> str:
+    """``text`` with every surrogate code point (U+D800..U+DFFF) replaced by U+FFFD.
+
+    A lone surrogate (a JSON ``"\\ud800"`` escape decodes to one) is a Python ``str`` that
+    cannot be encoded as UTF-8, so it would break cache keys, HTTP requests and files. Nothing
+    else is changed: NUL, control and bidi characters are valid Unicode, are JSON-escaped where
+    needed and are kept verbatim, so the reward sees what the model wrote. Idempotent; returns
+    ``text`` itself (no copy) when it has no surrogate, the common case.
+    """
+    if text.isascii() or _SURROGATES.search(text) is None:
+        return text
+    return _SURROGATES.sub("\ufffd", text)
+
 
 # --------------------------------------------------------------------------------------------
 # Regions and actions
@@ -219,6 +247,8 @@ def parse_box(content: str) -> tuple[float, float, float, float] | str:
         return f"crop box coordinates must be numbers, got {content.strip()[:60]!r}"
     if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
         return "crop box coordinates must be finite numbers"
+    if not all(abs(v) <= MAX_COORDINATE for v in (x1, y1, x2, y2)):
+        return f"crop box coordinates must be within +-{MAX_COORDINATE} pixels"
     if x2 <= x1 or y2 <= y1:
         return "a crop box needs x1 < x2 and y1 < y2 (pixels of the original image)"
     return x1, y1, x2, y2
@@ -620,6 +650,37 @@ TOOL_SCHEMAS: list[dict[str, Any]] = [
 ]
 
 
+class _NumberTooLong(ValueError):
+    """An integer in tool-call JSON has more than _MAX_JSON_INT_DIGITS digits."""
+
+
+def _bounded_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > _MAX_JSON_INT_DIGITS:
+        raise _NumberTooLong
+    return int(digits)
+
+
+_TOOL_DECODER = json.JSONDecoder(parse_int=_bounded_int)
+
+
+def _load_tool_json(payload: str, what: str) -> Any:
+    """Decode tool-call JSON with bounded size, depth and integer length, or say what is wrong.
+
+    ``NaN``/``Infinity`` and ``1e999`` decode (to non-finite floats) and are rejected where a
+    number is used (:func:`parse_box`); the decoder's own recursion limit bounds the depth.
+    """
+    if len(payload) > MAX_TOOL_CALL_CHARS:
+        return Invalid(f"{what} is longer than {MAX_TOOL_CALL_CHARS} characters")
+    try:
+        return _TOOL_DECODER.decode(payload)
+    except _NumberTooLong:
+        return Invalid(f"{what} holds an integer longer than {_MAX_JSON_INT_DIGITS} digits")
+    except RecursionError:
+        return Invalid(f"{what} is nested too deeply")
+    except ValueError:  # JSONDecodeError, and any other number the decoder refuses
+        return Invalid(f"{what} is not valid JSON")
+
+
 class ToolJSON(Dialect):
     """Hermes/Qwen tool calls: ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``.
 
@@ -643,18 +704,16 @@ class ToolJSON(Dialect):
         return self._parse_call(call[2])
 
     def _parse_call(self, payload: str) -> Action:
-        try:
-            data = json.loads(payload)
-        except (ValueError, RecursionError):
-            return Invalid("the tool call is not valid JSON")
+        data = _load_tool_json(payload, "the tool call")
+        if isinstance(data, Invalid):
+            return data
         if not isinstance(data, dict) or not isinstance(data.get("name"), str):
             return Invalid('a tool call must be a JSON object with "name" and "arguments"')
         args = data.get("arguments", {})
         if isinstance(args, str):
-            try:
-                args = json.loads(args) if args.strip() else {}
-            except (ValueError, RecursionError):
-                return Invalid("the tool call arguments are not valid JSON")
+            args = _load_tool_json(args, "the tool call arguments") if args.strip() else {}
+            if isinstance(args, Invalid):
+                return args
         if args is None:
             args = {}
         if not isinstance(args, dict):
@@ -664,7 +723,7 @@ class ToolJSON(Dialect):
             query = args.get("query")
             if not isinstance(query, str):
                 return Invalid('text_search needs a string argument "query"')
-            return _check_query(query)
+            return _check_query(safe_text(query))  # a JSON "\\ud800" escape decodes to a surrogate
         if name == "image_search":
             bbox = args.get("bbox_2d")
             if bbox is None:
@@ -672,13 +731,15 @@ class ToolJSON(Dialect):
             if (not isinstance(bbox, list) or len(bbox) != 4
                     or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)):
                 return Invalid("bbox_2d must be a list of four numbers [x1, y1, x2, y2]")
+            if any(isinstance(v, int) and abs(v) > MAX_COORDINATE for v in bbox):  # before float()
+                return Invalid(f"bbox_2d coordinates must be within +-{MAX_COORDINATE} pixels")
             box = parse_box(",".join(repr(float(v)) for v in bbox))
             return Invalid(box) if isinstance(box, str) else ImageSearch(Region("box", box))
         if name == "answer":
             value = args.get("answer", args.get("text"))
             if not isinstance(value, str):
                 return Invalid('the answer tool needs a string argument "answer"')
-            return Answer(value.strip())
+            return Answer(safe_text(value).strip())
         return Invalid(f"unknown tool {name[:40]!r}; the tools are text_search and image_search")
 
     def format(self, action: Action, reasoning: str = "") -> str:
