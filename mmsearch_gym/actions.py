@@ -57,7 +57,7 @@ def safe_text(text: str) -> str:
     """
     if text.isascii() or _SURROGATES.search(text) is None:
         return text
-    return _SURROGATES.sub("\ufffd", text)
+    return "\ufffd".join(_SURROGATES.split(text))  # faster than .sub when there are many
 
 
 # --------------------------------------------------------------------------------------------
