@@ -102,13 +102,15 @@ def action(rng: random.Random) -> tuple[str, str]:
             rng.choice(["image_search", "text_search"]), args), kind
     if kind == "deep_json":
         n = rng.choice([10, 1000, 10_000, 50_000])
-        return '<tool_call>{"name": "text_search", "arguments": ' + rng.choice(["[", '{"a":']) * n + "</tool_call>", kind
+        opener = rng.choice(["[", '{"a":'])
+        return '<tool_call>{"name": "text_search", "arguments": ' + opener * n + "</tool_call>", kind
     if kind == "answer":
         return f"<reason>r</reason><answer>{t}</answer>", kind
     if kind == "tool_answer":
         return "<tool_call>" + json.dumps({"name": "answer", "arguments": {"answer": t}}) + "</tool_call>", kind
     if kind == "tag_soup":
-        return "".join(rng.choice([rng.choice(TAGS), _char(rng), _number(rng)]) for _ in range(rng.randint(1, 60))), kind
+        pieces = [rng.choice([rng.choice(TAGS), _char(rng), _number(rng)]) for _ in range(rng.randint(1, 60))]
+        return "".join(pieces), kind
     if kind == "plain":
         return t, kind
     piece = rng.choice(TAGS + ["x", "\u00e9", "\ud800", "\u202e", "the ", "a\u2014", "\U0001f600"])
@@ -128,7 +130,8 @@ def large_actions(rng: random.Random) -> dict[str, str]:
         "reason_then_answer": "<reason>" + "x" * (n - 43) + "</reason><answer>a</answer>",
         "many_answers": ("<answer>a</answer>" * n)[:n],
         "tag_soup": "".join(rng.choice(TAGS) for _ in range(n // 5))[:n],
-        "tool_call_big": '<tool_call>{"name": "text_search", "arguments": {"query": "' + "q" * (n - 70) + '"}}</tool_call>',
+        "tool_call_big": ('<tool_call>{"name": "text_search", "arguments": {"query": "' + "q" * (n - 70)
+                          + '"}}</tool_call>'),
         "no_action": bmp + "x" * 17,
     }
 

@@ -269,9 +269,15 @@ FAILURES = [OSError(28, "No space left on device"), RuntimeError("boom"), Recurs
             UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed"), SearchError("HTTP 503")]
 
 
-@pytest.mark.parametrize("dialect", DIALECTS)
+def _backend_id(backend: _Raising) -> str:
+    if backend.exc is not None:
+        return type(backend.exc).__name__
+    return "returns-" + getattr(backend.result, "__name__", repr(backend.result)[:20])
+
+
 @pytest.mark.parametrize("backend", [_Raising(exc) for exc in FAILURES] + [_Raising(result=r) for r in _bad_results()],
-                         ids=lambda b: type(b.exc).__name__ if b.exc else f"returns-{getattr(b.result, '__name__', repr(b.result)[:20])}")
+                         ids=_backend_id)
+@pytest.mark.parametrize("dialect", DIALECTS)
 def test_a_failing_backend_is_a_tool_error_and_the_episode_goes_on(dialect: str, backend: _Raising,
                                                                   caplog: pytest.LogCaptureFixture) -> None:
     env = MMSearchEnv(_tasks(), backend, dialect=dialect, max_turns=5)

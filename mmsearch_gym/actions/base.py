@@ -88,9 +88,19 @@ class Region:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Region":
-        box = data.get("box")
-        return cls(data["kind"], None if box is None else tuple(float(v) for v in box),  # type: ignore[arg-type]
-                   data.get("expression"))
+        """The region of a recorded action; ConfigError (never an overflow) for a malformed one."""
+        kind, box, expression = data.get("kind"), data.get("box"), data.get("expression")
+        if kind not in ("whole", "box", "expression"):
+            raise ConfigError(f"region kind must be whole, box or expression, got {str(kind)[:40]!r}")
+        if expression is not None and not isinstance(expression, str):
+            raise ConfigError("region expression must be text or null")
+        if box is None:
+            return cls(kind, None, expression)
+        if (not isinstance(box, (list, tuple)) or len(box) != 4
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)
+                or not all(abs(v) <= MAX_COORDINATE for v in box)):  # False for NaN and inf; ints not float()ed
+            raise ConfigError(f"region box must be four finite numbers within +-{MAX_COORDINATE}")
+        return cls(kind, tuple(float(v) for v in box), expression)  # type: ignore[arg-type]
 
 
 _WHOLE = Region()

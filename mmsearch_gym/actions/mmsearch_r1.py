@@ -61,7 +61,7 @@ class MMSearchR1(Dialect):
     def parse(self, text: str) -> Action:
         if not isinstance(text, str):
             return Invalid("the action must be text")
-        best_end, best = -1, None
+        best_end, best = -1, None  # type: int, tuple[str, int | str] | None
         img = text.find(_IMG)
         if img != -1:
             best_end, best = img + len(_IMG), ("image", img)
