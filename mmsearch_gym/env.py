@@ -10,9 +10,11 @@ return of an episode is exactly the paper's reward.
 from __future__ import annotations
 
 import io
+import logging
+import math
 from collections import OrderedDict
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, SupportsFloat
 
 import gymnasium as gym
@@ -21,8 +23,8 @@ from gymnasium import spaces
 from PIL import Image, ImageDraw
 
 from mmsearch_gym.actions import (THUMBNAIL_MARKER, Action, Answer, Dialect, ImageSearch, Invalid,
-                                  TextSearch, clamp_box, get_dialect)
-from mmsearch_gym.errors import ConfigError
+                                  TextSearch, clamp_box, get_dialect, safe_text)
+from mmsearch_gym.errors import ConfigError, MMSearchError
 from mmsearch_gym.reward import RewardBreakdown, RewardSpec, score_episode
 from mmsearch_gym.search.base import Hit, ImageQuery, SearchBackend, SearchError
 from mmsearch_gym.spaces import UnicodeText
@@ -35,6 +37,9 @@ Observation = dict[str, Any]
 INFO_MESSAGES = ("full", "delta", "off")
 """The values of MMSearchEnv's ``info_messages`` option."""
 _IMAGE_CACHE_SIZE = 64
+_MAX_ERROR_CHARS = 1000
+"""A tool-error message is cut to this many characters in the observation."""
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -46,6 +51,22 @@ class _TaskView:
     observation: np.ndarray
     scale: float
     offset: tuple[int, int]
+
+
+@dataclass
+class _Outcome:
+    """What one turn did, computed before ``step`` changes any state."""
+
+    action: Action
+    box: Box | None = None
+    hits: list[Hit] = field(default_factory=list)
+    thumbnails: list[Image.Image] = field(default_factory=list)
+    error: str | None = None
+    result: str = ""
+    searched: Literal["image", "text"] | None = None
+    """Which search counter this turn raises (a search that was attempted, even if it failed)."""
+    terminated: bool = False
+    truncated: bool = False
 
 
 class MMSearchEnv(gym.Env[Observation, str]):
@@ -86,6 +107,23 @@ class MMSearchEnv(gym.Env[Observation, str]):
 
     ``close()`` closes what the env holds: its search backend (a SearchCache flushes its lifetime
     hit/miss counters and closes its database) and its grounder, when they have ``close()``.
+
+    Step contract:
+        ``step(text)`` never raises for any ``str``; an RL run may feed it whatever a model
+        emits. Lone surrogates (U+D800..U+DFFF, which no UTF-8 file, cache key or HTTP request
+        can hold) are replaced by U+FFFD first (``actions.safe_text``); NUL, control and bidi
+        characters are kept verbatim. The replaced text is what ``turns``, the messages, the
+        reward and trajectories see. Malformed text, and every out-of-bounds number in it
+        (crop coordinates beyond 1e6 pixels, non-finite numbers, integers of more than 32
+        digits, tool calls over 64 KiB), is an ``Invalid`` action. A failing tool (the backend,
+        the cache or the grounder raising ``SearchError`` or any other exception that is not
+        an ``MMSearchError``, or returning something that is not a list of Hits) is a tool-error
+        observation: the turn is recorded with ``info["search_error"]``, the attempted search
+        counts against its budget, and the episode goes on. The env changes only after the
+        turn's result exists, so the only exceptions leave it exactly as before the call:
+        ``TypeError`` for a non-``str`` action, ``ConfigError`` for stepping an ended episode,
+        and the user errors a tool or judge raises (an ``MMSearchError`` such as a
+        strict-replay ``CacheMiss``), after which the step may be retried.
     """
 
     metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 1}
@@ -164,7 +202,6 @@ class MMSearchEnv(gym.Env[Observation, str]):
         self._text_searches = 0
         self._invalid = 0
         self._boxes: list[Box] = []
-        self._thumbnails: list[Image.Image] = []
         self._search_log: list[str] = []
         self._sent_messages = 0
         self._done = True
@@ -225,47 +262,40 @@ class MMSearchEnv(gym.Env[Observation, str]):
         return obs, info
 
     def step(self, action: str) -> tuple[Observation, SupportsFloat, bool, bool, dict[str, Any]]:
+        """One assistant turn; never raises for a ``str`` (see "Step contract" in the class doc)."""
         if self._done or self._task is None:
             raise ConfigError("the episode is over: call reset() before step()")
-        text = action if isinstance(action, str) else ""
-        parsed = self.dialect.parse(text) if isinstance(action, str) else Invalid("the action must be text")
+        if not isinstance(action, str):
+            raise TypeError(f"env.step takes the model's text as a str, got {type(action).__name__}; "
+                            "decode or format it first")
+        text = safe_text(action)
+        out = self._outcome(self.dialect.parse(text))
+        if not (out.terminated or out.truncated) and len(self._turns) + 1 >= self.max_turns:
+            out.truncated = True
+        breakdown = None
+        if out.terminated or out.truncated:  # scored before anything changes: a judge may raise
+            breakdown = self._score([*self._turns, text])
+
+        # Commit: the tool result exists, so the state changes all at once.
         self._turns.append(text)
         self._messages.append({"role": "assistant", "content": [{"type": "text", "text": text}]})
-        hits: list[Hit] = []
-        terminated = truncated = False
-        error: str | None = None
-        box: Box | None = None
-
-        if isinstance(parsed, ImageSearch):
-            parsed, box = self._resolve_region(parsed)
-
-        if isinstance(parsed, Answer):
-            terminated = True
-            result = ""
-        elif isinstance(parsed, Invalid):
-            self._invalid += 1
-            result = self.dialect.format_feedback(parsed)
-            terminated = self.on_invalid == "terminate"
-        elif isinstance(parsed, TextSearch) and self._text_searches >= self.text_search_budget:
-            result, truncated = "The text search budget of this episode is used up.", True
-        elif isinstance(parsed, ImageSearch) and self._image_searches >= self.image_search_budget:
-            result, truncated = "The image search budget of this episode is used up.", True
-        else:
-            hits, error = self._search(parsed, box)
-            result = (self.dialect.format_error(error) if error is not None
-                      else self.dialect.format_results(parsed, hits))
-        if not (terminated or truncated) and len(self._turns) >= self.max_turns:
-            truncated = True
-
-        if result:
-            self._messages.append({"role": "user", "content": self._result_content(parsed, hits, result)})
+        if out.result:
+            self._messages.append({"role": "user", "content": self._result_content(out)})
+        self._image_searches += out.searched == "image"
+        self._text_searches += out.searched == "text"
+        self._invalid += isinstance(out.action, Invalid)
+        if out.searched == "image" and out.box is not None:
+            self._boxes.append(out.box)
+        if out.searched is not None:
+            self._search_log.append("text" if out.searched == "text" else "image" if out.box is None else "crop")
+        self._done = breakdown is not None
         info: dict[str, Any] = {
             "task_id": self._task.id,
             "category": self._task.category,
-            "action": parsed,
-            "box": box,
-            "hits": hits,
-            "search_error": error,
+            "action": out.action,
+            "box": out.box,
+            "hits": out.hits,
+            "search_error": out.error,
             "turn": len(self._turns),
             "image_searches": self._image_searches,
             "text_searches": self._text_searches,
@@ -274,17 +304,19 @@ class MMSearchEnv(gym.Env[Observation, str]):
         }
         self._add_messages(info)
         reward = 0.0
-        if terminated or truncated:
-            self._done = True
-            breakdown = self.score()
+        if breakdown is not None:
             reward = breakdown.reward
             info["reward_breakdown"] = breakdown
-        return {"image": self._view.observation.copy(), "text": self._clip(result)}, reward, terminated, truncated, info  # type: ignore[union-attr]
+        obs = {"image": self._view.observation.copy(), "text": self._clip(out.result)}  # type: ignore[union-attr]
+        return obs, reward, out.terminated, out.truncated, info
 
     def score(self) -> RewardBreakdown:
         """The reward breakdown of the turns so far (what the episode earns if it ends now)."""
+        return self._score(self._turns)
+
+    def _score(self, turns: Sequence[str]) -> RewardBreakdown:
         task = self.task
-        return score_episode(self._turns, task.answers, self.reward_spec, task.question)
+        return score_episode(turns, task.answers, self.reward_spec, task.question)
 
     def close(self) -> None:
         """Close the search backend and the grounder (whatever of them has ``close()``).
@@ -307,6 +339,55 @@ class MMSearchEnv(gym.Env[Observation, str]):
             info["messages"] = self._messages[self._sent_messages:]
         self._sent_messages = len(self._messages)
 
+    def _outcome(self, parsed: Action) -> _Outcome:
+        """What a parsed action does, computed without changing the env (``step`` commits it).
+
+        A failing tool (backend, cache, grounder: ``SearchError`` or any exception that is not
+        an ``MMSearchError``) becomes a tool-error result; a user error (an ``MMSearchError``
+        such as a strict-replay ``CacheMiss``) propagates with the env unchanged.
+        """
+        out = _Outcome(parsed)
+        if isinstance(parsed, ImageSearch):
+            try:
+                out.action, out.box = self._resolve_region(parsed)
+            except Exception as err:  # noqa: BLE001 - a failing grounder is a failing tool
+                return self._failed(out, "the grounder", err)
+        action = out.action
+        if isinstance(action, Answer):
+            out.terminated = True
+        elif isinstance(action, Invalid):
+            out.result = self.dialect.format_feedback(action)
+            out.terminated = self.on_invalid == "terminate"
+        elif isinstance(action, TextSearch) and self._text_searches >= self.text_search_budget:
+            out.result, out.truncated = "The text search budget of this episode is used up.", True
+        elif isinstance(action, ImageSearch) and self._image_searches >= self.image_search_budget:
+            out.result, out.truncated = "The image search budget of this episode is used up.", True
+        else:
+            out.searched = "text" if isinstance(action, TextSearch) else "image"
+            try:
+                out.hits, out.thumbnails = self._search(action, out.box)
+                out.result = self.dialect.format_results(action, out.hits)
+            except Exception as err:  # noqa: BLE001 - see the docstring
+                return self._failed(out, "the search backend", err)
+        return out
+
+    def _failed(self, out: _Outcome, tool: str, err: Exception) -> _Outcome:
+        """``out`` as a tool error; re-raises user errors (MMSearchError other than SearchError)."""
+        if isinstance(err, SearchError):
+            message = str(err)
+        elif isinstance(err, MMSearchError):
+            raise err
+        else:  # a bug or an unwrapped failure in the tool: say what, log the traceback
+            _log.warning("%s raised %s during env.step; the turn gets a tool error", tool,
+                         type(err).__name__, exc_info=err)
+            message = f"{tool} raised {type(err).__name__}"
+        message = safe_text(message)
+        if len(message) > _MAX_ERROR_CHARS:
+            message = message[:_MAX_ERROR_CHARS] + "..."
+        out.hits, out.thumbnails, out.error = [], [], message
+        out.result = self.dialect.format_error(message)
+        return out
+
     def _resolve_region(self, action: ImageSearch) -> tuple[Action, Box | None]:
         region = action.region
         if region.kind == "whole":
@@ -326,44 +407,23 @@ class MMSearchEnv(gym.Env[Observation, str]):
             return Invalid(f"the crop box does not overlap the {image.width}x{image.height} image"), None
         return action, box
 
-    def _search(self, action: Action, box: Box | None) -> tuple[list[Hit], str | None]:
+    def _search(self, action: Action, box: Box | None) -> tuple[list[Hit], list[Image.Image]]:
+        """The checked hits of one search and, for image searches, their opened thumbnails."""
+        if isinstance(action, TextSearch):
+            return _checked_hits(self.backend.text_search(action.query, self.top_k)), []
         view = self._view
-        try:
-            if isinstance(action, TextSearch):
-                self._text_searches += 1
-                self._search_log.append("text")
-                return list(self.backend.text_search(action.query, self.top_k)), None
-            self._image_searches += 1
-            self._search_log.append("image" if box is None else "crop")
-            if box is not None:
-                self._boxes.append(box)
-            query = ImageQuery(view.image, box=box,  # type: ignore[union-attr]
-                               url=self.task.image_url if box is None else None, digest=view.digest)  # type: ignore[union-attr]
-            return self._with_thumbnails(self.backend.image_search(query, self.top_k)), None
-        except SearchError as err:
-            return [], str(err)
+        query = ImageQuery(view.image, box=box,  # type: ignore[union-attr]
+                           url=self.task.image_url if box is None else None, digest=view.digest)  # type: ignore[union-attr]
+        return _with_thumbnails(_checked_hits(self.backend.image_search(query, self.top_k)))
 
-    def _with_thumbnails(self, hits: Sequence[Hit]) -> list[Hit]:
-        """The hits, each thumbnail opened once (lazily: PIL decodes pixels only when a model
-        reads them) for the chat messages; undecodable thumbnail bytes are dropped, the hit kept."""
-        checked: list[Hit] = []
-        self._thumbnails = []
-        for hit in hits:
-            if hit.thumbnail is not None:
-                try:
-                    self._thumbnails.append(Image.open(io.BytesIO(hit.thumbnail)))
-                except Exception:  # any payload PIL cannot identify: the result stays, its picture goes
-                    hit = replace(hit, thumbnail=None)
-            checked.append(hit)
-        return checked
-
-    def _result_content(self, action: Action, hits: Sequence[Hit], text: str) -> list[dict[str, Any]]:
+    @staticmethod
+    def _result_content(out: _Outcome) -> list[dict[str, Any]]:
         """Chat content of a tool-result turn: text with each thumbnail's image block at its marker.
 
         The dialect writes one THUMBNAIL_MARKER per hit that has a thumbnail, so splitting the
         text at the markers pairs every image with its numbered result, in order.
         """
-        thumbnails = self._thumbnails if isinstance(action, ImageSearch) and hits else []
+        text, thumbnails = out.result, out.thumbnails
         pieces = text.split(THUMBNAIL_MARKER) if thumbnails else [text]
         if len(pieces) != len(thumbnails) + 1:  # a snippet quoting the marker: keep text whole
             pieces = [text]
@@ -414,6 +474,49 @@ class MMSearchEnv(gym.Env[Observation, str]):
             texts = [c["text"] for c in message["content"] if c["type"] == "text"]
             lines.append(f"{message['role']}: " + "\n".join(texts))
         return "\n".join(lines)
+
+
+def _checked_hits(hits: Iterable[Hit]) -> list[Hit]:
+    """A backend's hits, checked so that nothing it returns can break a step, a cache or a file.
+
+    Raises TypeError/ValueError (a tool error for the step) for a result that is not a Hit with
+    text fields and a finite score; lone surrogates in the text are replaced (``safe_text``).
+    """
+    checked = list(hits)
+    for i, hit in enumerate(checked):
+        if not isinstance(hit, Hit):
+            raise TypeError(f"result {i + 1} is a {type(hit).__name__}, not a Hit")
+        texts = (hit.title, hit.url, hit.snippet, hit.source)
+        if not all(isinstance(t, str) for t in texts):
+            raise TypeError(f"result {i + 1} has a title, url, snippet or source that is not text")
+        try:
+            finite = math.isfinite(hit.score)
+        except TypeError:
+            finite = False
+        if not finite:
+            raise ValueError(f"result {i + 1} has a score that is not a finite number")
+        if hit.thumbnail is not None and not isinstance(hit.thumbnail, (bytes, bytearray, memoryview)):
+            raise TypeError(f"result {i + 1} has a thumbnail that is not bytes")
+        if not all(t.isascii() for t in texts):
+            title, url, snippet, source = (safe_text(t) for t in texts)
+            if (title, url, snippet, source) != texts:
+                checked[i] = replace(hit, title=title, url=url, snippet=snippet, source=source)
+    return checked
+
+
+def _with_thumbnails(hits: Sequence[Hit]) -> tuple[list[Hit], list[Image.Image]]:
+    """The hits and their thumbnails, each opened once (lazily: PIL decodes pixels only when a
+    model reads them) for the chat messages; undecodable thumbnail bytes are dropped, the hit kept."""
+    checked: list[Hit] = []
+    thumbnails: list[Image.Image] = []
+    for hit in hits:
+        if hit.thumbnail is not None:
+            try:
+                thumbnails.append(Image.open(io.BytesIO(hit.thumbnail)))
+            except Exception:  # any payload PIL cannot identify: the result stays, its picture goes
+                hit = replace(hit, thumbnail=None)
+        checked.append(hit)
+    return checked, thumbnails
 
 
 def letterbox(image: Image.Image, size: tuple[int, int]) -> tuple[np.ndarray, float, tuple[int, int]]:

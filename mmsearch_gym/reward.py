@@ -26,12 +26,31 @@ Judge = Callable[[str, Sequence[str], str], float]
 """Any callable ``(prediction, answers, question) -> score in [0, 1]``, e.g. an LLM judge."""
 
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
+_PUNCTUATION_BYTES = string.punctuation.encode("ascii")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
+_ARTICLE_WORDS = frozenset(("a", "an", "the"))
 
 
 def normalize_answer(text: str) -> str:
-    """The papers' normalisation: lowercase, drop ASCII punctuation, drop a/an/the, fold spaces."""
-    return " ".join(_ARTICLES.sub(" ", text.lower().translate(_PUNCTUATION)).split())
+    """The papers' normalisation: lowercase, drop ASCII punctuation, drop a/an/the, fold spaces.
+
+    Exactly ``" ".join(re.sub(r"\b(a|an|the)\b", " ", text.lower().translate(P)).split())``
+    (a property test checks it), 2-3 times faster on long non-ASCII text: ASCII punctuation is
+    deleted from the UTF-8 bytes (never part of a multi-byte character), and when every token
+    is alphanumeric (``\b`` then falls only at token edges) articles are dropped as tokens.
+    """
+    text = text.lower()
+    if text.isascii():
+        text = text.translate(_PUNCTUATION)
+    else:
+        try:
+            text = text.encode("utf-8").translate(None, _PUNCTUATION_BYTES).decode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate
+            text = text.translate(_PUNCTUATION)
+    tokens = text.split()
+    if all(map(str.isalnum, tokens)):
+        return " ".join([t for t in tokens if t not in _ARTICLE_WORDS])
+    return " ".join(_ARTICLES.sub(" ", text).split())
 
 
 def exact_match(prediction: str, answers: Sequence[str]) -> float:

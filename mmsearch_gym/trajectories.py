@@ -63,7 +63,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from PIL import Image
 
-from mmsearch_gym.actions import action_from_json, action_to_json
+from mmsearch_gym.actions import action_from_json, action_to_json, safe_text
 from mmsearch_gym.env_factory import describe_env  # noqa: F401  (re-exported: the env block of a record)
 from mmsearch_gym.errors import ConfigError, DataError, MMSearchError
 from mmsearch_gym.reward import RewardBreakdown
@@ -540,9 +540,11 @@ class TrajectoryWriter:
         self.written = 0
 
     def write(self, trajectory: Trajectory) -> None:
+        """Append one line. Lone surrogates (no UTF-8 file can hold them) become U+FFFD, as the
+        env does to model text at its boundary, so a replay of the line matches bit for bit."""
         if self._file is None:
             raise ConfigError("this TrajectoryWriter is closed")
-        self._file.write(trajectory.to_line() + "\n")
+        self._file.write(safe_text(trajectory.to_line()) + "\n")
         self._file.flush()
         if time.monotonic() - self._synced >= self.fsync_interval:
             self._sync()

@@ -198,3 +198,46 @@ def test_prompts_document_the_actions(name: str) -> None:
     prompt = d.system_prompt()
     assert "answer" in prompt and "pixels of the original image" in prompt
     assert d.stop_sequences and all(s.startswith("</") for s in d.stop_sequences)
+
+
+@pytest.mark.parametrize("number,reason_part", [
+    ("9" * 400, "longer than 32 digits"), ("9" * 5000, "longer than 32 digits"),
+    ("1e999", "finite"), ("NaN", "finite"), ("-Infinity", "finite"), ("4e10", "within"), ("1000001", "within"),
+])
+def test_tool_json_numbers_are_bounded_before_use(number: str, reason_part: str) -> None:
+    text = '<tool_call>{"name": "image_search", "arguments": {"bbox_2d": [1, 2, 3, %s]}}</tool_call>' % number
+    action = get_dialect("tool-json").parse(text)
+    assert isinstance(action, Invalid) and reason_part in action.reason
+
+
+def test_tool_json_size_depth_and_surrogate_escapes() -> None:
+    tool = get_dialect("tool-json")
+    assert "longer than" in tool.parse("<tool_call>" + " " * 70_000 + "{}</tool_call>").reason  # type: ignore[union-attr]
+    assert "nested too deeply" in tool.parse("<tool_call>" + "[" * 50_000 + "</tool_call>").reason  # type: ignore[union-attr]
+    query = '<tool_call>{"name": "text_search", "arguments": {"query": "a\\ud800b"}}</tool_call>'
+    assert tool.parse(query) == TextSearch("a\ufffdb")
+    answer = '<tool_call>{"name": "answer", "arguments": "{\\"answer\\": \\"\\\\udfff\\"}"}</tool_call>'
+    assert tool.parse(answer) == Answer("\ufffd")
+
+
+def test_text_crop_coordinates_are_bounded() -> None:
+    r1 = get_dialect("mmsearch-r1")
+    assert "within" in r1.parse("<crop>0,0,1e300,5</crop><search><img></search>").reason  # type: ignore[union-attr]
+    assert r1.parse("<crop>0,0,1000000,5</crop><search><img></search>") == ImageSearch(Region.from_box(0, 0, 1e6, 5))
+
+
+def test_safe_text_replaces_only_surrogates() -> None:
+    from mmsearch_gym.actions import safe_text
+    text = "ok \x00\u202e\ufeff\U0001f600"
+    assert safe_text(text) is text
+    assert safe_text("\ud83d\ude00 \udc00") == "\ufffd\ufffd \ufffd"  # a pair of surrogate code points too
+
+
+@pytest.mark.parametrize("region", [
+    {"kind": "box", "box": [1, 2, 3, 10 ** 400]}, {"kind": "box", "box": [1, 2, 3, float("inf")]},
+    {"kind": "box", "box": [1, 2, 3, True]}, {"kind": "box", "box": "1,2,3,4"}, {"kind": "nope"},
+    {"kind": "expression", "expression": 5},
+])
+def test_recorded_regions_are_checked(region: dict) -> None:
+    with pytest.raises(ConfigError, match="region"):
+        action_from_json({"kind": "image_search", "region": region})
