@@ -32,8 +32,8 @@ from mmsearch_gym.reward import RewardBreakdown, RewardSpec, score_episode
 from mmsearch_gym.search.base import Hit, MemoryBackend, SearchError
 from mmsearch_gym.search.cache import SearchCache
 from mmsearch_gym.tasks import SceneObject, Task, TaskSet
-from mmsearch_gym.trajectories import (ImageRecord, Trajectory, TrajectoryWriter, Turn, read_trajectories,
-                                       replay)
+from mmsearch_gym.replay import replay
+from mmsearch_gym.trajectories import ImageRecord, Trajectory, TrajectoryWriter, Turn, read_trajectories
 
 DIALECTS = ("mmsearch-r1", "deepmmsearch-r1", "tool-json")
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
