@@ -8,12 +8,15 @@ exactly the chat it was trained on.
 
 from __future__ import annotations
 
+import base64
+import io
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from PIL import Image
 
-__all__ = ["RESULT_IMAGE_MARKER", "first_image", "interleave_images", "text_only_content"]
+__all__ = ["MAX_IMAGE_PIXELS", "RESULT_IMAGE_MARKER", "first_image", "image_data_url", "interleave_images",
+           "text_only_content"]
 
 RESULT_IMAGE_MARKER = "<image>"
 """A VLM image token that older recordings may carry in result text (the env now writes
@@ -86,3 +89,19 @@ def first_image(messages: Sequence[Mapping[str, Any]]) -> Image.Image | None:
                         and isinstance(block.get("image"), Image.Image):
                     return block["image"]
     return None
+
+
+MAX_IMAGE_PIXELS = 672 * 672
+"""MMSearch-R1 feeds images of at most 672x672 pixels; larger ones are scaled down."""
+
+
+def image_data_url(image: Image.Image, max_pixels: int | None = MAX_IMAGE_PIXELS) -> str:
+    """A PNG ``data:`` URL of ``image`` (scaled down to at most ``max_pixels`` pixels)."""
+    image = image.convert("RGB")
+    if max_pixels is not None and image.width * image.height > max_pixels:
+        scale = (max_pixels / (image.width * image.height)) ** 0.5
+        image = image.resize((max(1, int(image.width * scale)), max(1, int(image.height * scale))),
+                             Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")

@@ -12,8 +12,6 @@ project's one HTTP client; the API key (``OPENAI_API_KEY``) is sent only in the
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import threading
 from collections.abc import Mapping, Sequence
@@ -22,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from mmsearch_gym.chat import interleave_images
+from mmsearch_gym.chat import MAX_IMAGE_PIXELS, image_data_url, interleave_images
 from mmsearch_gym.errors import ConfigError
 from mmsearch_gym.policies import PolicyError, cut_at_stop
 from mmsearch_gym.search.base import SearchError
@@ -34,20 +32,6 @@ if TYPE_CHECKING:
 __all__ = ["API_KEY_ENV", "OpenAIPolicy", "restore_stop", "to_openai_messages"]
 
 API_KEY_ENV = "OPENAI_API_KEY"
-MAX_IMAGE_PIXELS = 672 * 672
-"""MMSearch-R1 feeds images of at most 672x672 pixels; larger ones are scaled down."""
-
-
-def image_data_url(image: Image.Image, max_pixels: int | None = MAX_IMAGE_PIXELS) -> str:
-    """A PNG ``data:`` URL of ``image`` (scaled down to at most ``max_pixels`` pixels)."""
-    image = image.convert("RGB")
-    if max_pixels is not None and image.width * image.height > max_pixels:
-        scale = (max_pixels / (image.width * image.height)) ** 0.5
-        image = image.resize((max(1, int(image.width * scale)), max(1, int(image.height * scale))),
-                             Image.Resampling.BICUBIC)
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def to_openai_messages(messages: Sequence[Mapping[str, Any]],

@@ -120,7 +120,7 @@ def _cassette_path(cassette: str) -> Path:
 
 
 def make_env(*, tasks: TaskSet | str | Mapping[str, Any] = "world:test",
-             backend: SearchBackend | str = "world",
+             backend: SearchBackend | str | Mapping[str, Any] = "world",
              cache: Mapping[str, Any] | None = None,
              grounder: Any = "annotations",
              judge: Any = None, summarizer: Any = None,

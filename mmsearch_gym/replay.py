@@ -104,6 +104,7 @@ def _diff(recorded: Any, replayed: Any, label: str) -> str:
 def replay(trajectories: str | Path | Iterable[Trajectory], *,
            env: str | EnvFactory | Mapping[str, Any] | Callable[[], gym.Env] | None = None,
            cassette: str | Path | None = None, cache_dir: str | Path | None = None,
+           overrides: Mapping[str, Any] | None = None,
            stop_at_first: bool = False, progress: bool = False) -> ReplayReport:
     """Re-execute recorded action texts and check that the env answers exactly as recorded.
 
@@ -113,7 +114,8 @@ def replay(trajectories: str | Path | Iterable[Trajectory], *,
 
     * the env: ``env`` (an id, an :class:`~mmsearch_gym.env_factory.EnvFactory`, its JSON
       description, or a factory), else the registered id recorded in each trajectory, with the
-      recorded JSON overrides (but not its ``cache`` block, nor a task file path);
+      recorded JSON overrides (but not its ``cache`` block, nor a task file path), then the
+      caller's ``overrides`` (e.g. ``tasks`` for a run recorded on a task file, or components);
     * the searches, always in *strict* replay (``SearchCache(mode="replay")``, no fallback): over
       a fresh directory loaded from ``cassette``, over ``cache_dir``, or over the cache the env's
       own registered spec names. A factory callable brings its own cache, which must be a replay
@@ -134,7 +136,7 @@ def replay(trajectories: str | Path | Iterable[Trajectory], *,
     try:
         for traj in items:
             report.episodes += 1
-            factory = _replay_factory(traj, env, cassette, cache_dir, temp_dirs)
+            factory = _replay_factory(traj, env, cassette, cache_dir, temp_dirs, overrides or {})
             key = repr(factory) if factory.factory is not None else json.dumps(factory.to_json(), sort_keys=True)
             if key not in built:
                 built[key] = _replay_env(traj, factory)
@@ -154,11 +156,12 @@ def replay(trajectories: str | Path | Iterable[Trajectory], *,
 
 
 def _replay_factory(traj: Trajectory, env: Any, cassette: str | Path | None, cache_dir: str | Path | None,
-                    temp_dirs: list[tempfile.TemporaryDirectory[str]]) -> EnvFactory:
+                    temp_dirs: list[tempfile.TemporaryDirectory[str]], extra: Mapping[str, Any]) -> EnvFactory:
     """The env to replay ``traj`` on: the caller's env (or the recorded registered id) in strict replay."""
     if env is not None and not isinstance(env, (str, EnvFactory, Mapping)) and callable(env):
-        if cassette is not None or cache_dir is not None:
-            raise ConfigError("a cassette or cache directory goes with an env id; an env factory brings its own cache")
+        if cassette is not None or cache_dir is not None or extra:
+            raise ConfigError("a cassette, cache directory or overrides go with an env id; "
+                              "an env factory brings its own")
         return EnvFactory.create(env)
     record = traj.env
     if env is None:
@@ -171,13 +174,17 @@ def _replay_factory(traj: Trajectory, env: Any, cassette: str | Path | None, cac
         env = str(record["id"])
     given = EnvFactory.create(env)
     if given.factory is not None:
-        return _replay_factory(traj, given.factory, cassette, cache_dir, temp_dirs)
+        return _replay_factory(traj, given.factory, cassette, cache_dir, temp_dirs, extra)
     overrides = {k: v for k, v in dict(record.get("kwargs") or {}).items() if k != "cache"}
-    tasks = overrides.get("tasks")
-    if isinstance(tasks, str) and not tasks.startswith("world:"):
-        raise ConfigError(f"episode {traj.episode} was recorded on tasks {tasks!r}; replay takes no path from a "
-                          "trajectory file: pass env= an EnvFactory (or factory) that loads them")
     overrides.update(given.kwargs)
+    if "cache" in extra:
+        raise ConfigError("replay chooses its cache from --cassette / --cache-dir (always strict), not from overrides")
+    caller_tasks = "tasks" in given.kwargs or "tasks" in extra
+    overrides.update(extra)
+    tasks = overrides.get("tasks")
+    if not caller_tasks and isinstance(tasks, str) and not tasks.startswith("world:"):
+        raise ConfigError(f"episode {traj.episode} was recorded on tasks {tasks!r}; replay takes no path from a "
+                          "trajectory file: name them (--tasks SOURCE, or overrides={'tasks': ...})")
     overrides["cache"] = _replay_cache(given, cassette, cache_dir, temp_dirs)
     return EnvFactory(given.env_id, overrides, given.spec)
 

@@ -68,6 +68,10 @@ def _secret(options: dict[str, Any], default_env: str, service: str, *, required
     return Secret(value)
 
 
+_DETECTOR_MODULE = "mmsearch_gym.integrations.detector_grounder"
+"""Where ``detector:`` grounders live (transformers extra), resolved on use."""
+
+
 def _options(spec: Any, what: str) -> tuple[str, str | None, dict[str, Any]]:
     """(name, value after ``name:``, options) of a spec string or mapping."""
     if isinstance(spec, str):
@@ -291,7 +295,10 @@ def build_grounder(spec: Any, cache: Mapping[str, Any] | None = None) -> Any:
         from mmsearch_gym.services.grounder import VLMGrounder
         return _memo("grounder", spec, cache, VLMGrounder)
     if name == "detector":
-        from mmsearch_gym.integrations.detector_grounder import DetectorGrounder
+        import importlib
+
+        # Named, not imported: the core never imports an integration (it needs torch).
+        DetectorGrounder = importlib.import_module(_DETECTOR_MODULE).DetectorGrounder  # noqa: N806
         model = value or options.pop("model", None)
         if not model:
             raise ConfigError("grounder detector: needs a model directory or hub id, e.g. "

@@ -104,7 +104,7 @@ class VLMGrounder:
         return max(1, int(width * scale)), max(1, int(height * scale))
 
     def _ask(self, image: Image.Image, expression: str, sent: tuple[int, int]) -> str:
-        from mmsearch_gym.openai_policy import image_data_url
+        from mmsearch_gym.chat import image_data_url
 
         prompt = PROMPT.format(expression=expression, width=sent[0], height=sent[1], unit=_UNITS[self.coords])
         messages = [{"role": "user", "content": [

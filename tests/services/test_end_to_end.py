@@ -97,7 +97,10 @@ def test_record_then_replay_offline_bit_for_bit_and_rescore(tmp_path: Path, monk
     assert _without_timing(replayed / "run.jsonl") == _without_timing(live / "run.jsonl")
 
     # `mmsearch-gym replay` re-executes every recorded turn (searches, summaries, verdicts) offline.
-    assert main(["replay", str(live / "run.jsonl"), "--all", "--no-progress"]) == 0
+    # The file names neither its task file nor its cache: the user does (issue 16).
+    assert main(["replay", str(live / "run.jsonl"), "--all", "--no-progress"]) == 2
+    assert main(["replay", str(live / "run.jsonl"), "--tasks", f"fvqa:{fvqa}", "--cache-dir", str(cache),
+                 "--all", "--no-progress"]) == 0
 
     # Rescore offline with the judge: verdicts read back from the recording, no server.
     rescored = tmp_path / "rescored.json"
