@@ -103,7 +103,8 @@ def bench_step(seconds: float) -> dict:
         backend.calls.clear()
     elapsed = time.perf_counter() - start
     return {"steps_per_s": round(steps / elapsed), "episodes_per_s": round(resets / elapsed),
-            "note": "3-turn episodes (image search, text search, answer), reset included, in-memory backend, 224x224 obs"}
+            "note": ("3-turn episodes (image search, text search, answer), reset included, "
+                     "in-memory backend, 224x224 obs")}
 
 
 _MAKE_SCRIPT = """

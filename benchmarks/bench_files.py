@@ -84,7 +84,7 @@ def bench_hostile(repeat: int) -> dict[str, Any]:
              "1e999 in an integer field": '{"episode":1e999}'}
     out = {}
     for name, line in lines.items():
-        def refuse(line: str = line) -> None:
+        def refuse(line: str = line, name: str = name) -> None:
             try:
                 loads(line)
             except DataError:

@@ -95,10 +95,10 @@ def action(rng: random.Random) -> tuple[str, str]:
     if kind == "tool_text":
         return "<tool_call>" + json.dumps({"name": "text_search", "arguments": {"query": t}}) + "</tool_call>", kind
     if kind == "tool_bbox":
-        return '<tool_call>{"name": "image_search", "arguments": {"bbox_2d": [%s]}}</tool_call>' % _box(rng), kind
+        return f'<tool_call>{{"name": "image_search", "arguments": {{"bbox_2d": [{_box(rng)}]}}}}</tool_call>', kind
     if kind == "tool_args_str":
-        args = json.dumps(json.dumps({"bbox_2d": "[%s]" % _box(rng), "query": t}))
-        return '<tool_call>{"name": "%s", "arguments": %s}</tool_call>' % (
+        args = json.dumps(json.dumps({"bbox_2d": f"[{_box(rng)}]", "query": t}))
+        return '<tool_call>{{"name": "{}", "arguments": {}}}</tool_call>'.format(
             rng.choice(["image_search", "text_search"]), args), kind
     if kind == "deep_json":
         n = rng.choice([10, 1000, 10_000, 50_000])

@@ -8,8 +8,7 @@
 Importing the package registers every env id shipped in ``envs/``.
 """
 
-from mmsearch_gym.actions import (Action, Answer, Dialect, ImageSearch, Invalid, Region, TextSearch,
-                                  get_dialect)
+from mmsearch_gym.actions import Action, Answer, Dialect, ImageSearch, Invalid, Region, TextSearch, get_dialect
 from mmsearch_gym.env import MMSearchEnv
 from mmsearch_gym.errors import ConfigError, DataError, MMSearchError
 from mmsearch_gym.registration import make_env, register_envs

@@ -22,8 +22,18 @@ import numpy as np
 from gymnasium import spaces
 from PIL import Image, ImageDraw
 
-from mmsearch_gym.actions import (THUMBNAIL_MARKER, Action, Answer, Dialect, ImageSearch, Invalid,
-                                  TextSearch, clamp_box, get_dialect, safe_text)
+from mmsearch_gym.actions import (
+    THUMBNAIL_MARKER,
+    Action,
+    Answer,
+    Dialect,
+    ImageSearch,
+    Invalid,
+    TextSearch,
+    clamp_box,
+    get_dialect,
+    safe_text,
+)
 from mmsearch_gym.errors import ConfigError, MMSearchError
 from mmsearch_gym.reward import RewardBreakdown, RewardSpec, score_episode
 from mmsearch_gym.search.base import Hit, ImageQuery, SearchBackend, SearchError
@@ -135,7 +145,7 @@ class MMSearchEnv(gym.Env[Observation, str]):
         *,
         dialect: str | Dialect = "mmsearch-r1",
         reward: RewardSpec | str | None = None,
-        grounder: "Grounder | None" = None,
+        grounder: Grounder | None = None,
         max_turns: int | None = None,
         image_search_budget: int | None = None,
         text_search_budget: int | None = None,

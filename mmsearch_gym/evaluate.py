@@ -129,9 +129,9 @@ class EvalReport:
         _write(path, self.to_markdown())
 
     @classmethod
-    def from_trajectories(cls, trajectories: Sequence["Trajectory"], *,
+    def from_trajectories(cls, trajectories: Sequence[Trajectory], *,
                           rewards: Sequence[RewardBreakdown] | None = None,
-                          reward_spec: dict[str, Any] | None = None) -> "EvalReport":
+                          reward_spec: dict[str, Any] | None = None) -> EvalReport:
         """The table of recorded episodes (one policy), optionally under re-scored rewards."""
         if not trajectories:
             raise ConfigError("no trajectories to build a report from")

@@ -83,7 +83,13 @@ _SIZE = {"largest": "large", "biggest": "large", "big": "large", "large": "large
 _ORDINAL = {"first": 1, "1st": 1, "second": 2, "2nd": 2, "third": 3, "3rd": 3, "fourth": 4, "4th": 4,
             "fifth": 5, "5th": 5, "sixth": 6, "6th": 6, "last": -1, "final": -1}
 _FILLER = frozenset(
-    ["the", "a", "an", "of", "in", "at", "on", "to", "from", "is", "that", "which", "this", "one", "ones", "object", "objects", "thing", "item", "region", "area", "part", "side", "corner", "corners", "edge", "half", "hand", "image", "picture", "photo", "scene", "row", "column", "position", "located", "placed", "positioned", "shown", "visible", "sitting", "crop", "zoom", "into", "onto", "search", "find", "look", "show", "me", "please", "most", "near", "towards", "toward", "and", "with", "its", "there", "here", "only", "single", "just", "box", "portion", "section", "quadrant", "select", "locate", "focus", "frame"]
+    ["the", "a", "an", "of", "in", "at", "on", "to", "from", "is", "that", "which", "this", "one",
+     "ones", "object", "objects", "thing", "item", "region", "area", "part", "side", "corner",
+     "corners", "edge", "half", "hand", "image", "picture", "photo", "scene", "row", "column",
+     "position", "located", "placed", "positioned", "shown", "visible", "sitting", "crop", "zoom",
+     "into", "onto", "search", "find", "look", "show", "me", "please", "most", "near", "towards",
+     "toward", "and", "with", "its", "there", "here", "only", "single", "just", "box", "portion",
+     "section", "quadrant", "select", "locate", "focus", "frame"]
 )
 
 
@@ -234,7 +240,7 @@ class AnnotationGrounder:
         vocab = [_object_words(o) for o in objects]
         known = [w for w in spec.content if any(w in v for v in vocab)]
         if known:
-            candidates = [o for o, v in zip(objects, vocab) if all(w in v for w in known)]
+            candidates = [o for o, v in zip(objects, vocab, strict=False) if all(w in v for w in known)]
             matched_label = True
             if not candidates:
                 return None
@@ -292,7 +298,7 @@ class AnnotationGrounder:
         need_h = None if spec.horizontal_extreme else spec.horizontal
         if need_v is None and need_h is None:
             return list(candidates)
-        return [o for o, (row, col) in zip(candidates, self._cells(candidates, task))
+        return [o for o, (row, col) in zip(candidates, self._cells(candidates, task), strict=False)
                 if (need_v is None or row == need_v) and (need_h is None or col == need_h)]
 
     def _resolve_spatial(self, spec: _Spec, candidates: list[SceneObject], task: Task) -> SceneObject | None:
@@ -303,7 +309,7 @@ class AnnotationGrounder:
             # One axis named ("the flag at the top"): the edge cell of that name comes first,
             # as position_name calls the top-centre cell "top".
             want = (spec.vertical or "middle", spec.horizontal or "center")
-            exact = [o for o, cell in zip(pool, self._cells(pool, task)) if cell == want]
+            exact = [o for o, cell in zip(pool, self._cells(pool, task), strict=False) if cell == want]
             if len(exact) == 1:
                 return exact[0]
         if pool:

@@ -369,7 +369,10 @@ class RandomPolicy(ScriptedPolicy):
         roll = rng.random()
         if roll < 0.3:
             pool = words + [w for hit in episode.hits for w in hit.title.split()]
-            text = UNABLE_TO_ANSWER if rng.random() < 0.2 else " ".join(rng.sample(pool, min(len(pool), rng.randint(1, 3))))
+            if rng.random() < 0.2:
+                text = UNABLE_TO_ANSWER
+            else:
+                text = " ".join(rng.sample(pool, min(len(pool), rng.randint(1, 3))))
             return dialect.format(Answer(text), "A guess.")
         if roll < 0.6:
             query = " ".join(rng.sample(words, min(len(words), rng.randint(1, 4))))

@@ -233,7 +233,7 @@ def _replay_env(traj: Trajectory, factory: EnvFactory) -> gym.Env:
     return game
 
 
-def _replay_episode(game: "gym.Env", traj: Trajectory, report: ReplayReport) -> Mismatch | None:
+def _replay_episode(game: gym.Env, traj: Trajectory, report: ReplayReport) -> Mismatch | None:
     from mmsearch_gym.search.cache import CacheMiss
     from mmsearch_gym.tasks import image_digest
 

@@ -152,13 +152,13 @@ class RewardSpec:
         get_dialect(self.dialect)
 
     @classmethod
-    def mmsearch_r1(cls, **overrides: Any) -> "RewardSpec":
+    def mmsearch_r1(cls, **overrides: Any) -> RewardSpec:
         """MMSearch-R1: exact match, search penalty 0.1 once, format weight 0.1."""
         return replace(cls(scorer="em", format_weight=0.1, search_penalty=0.1,
                            dialect="mmsearch-r1", name="mmsearch-r1"), **overrides)
 
     @classmethod
-    def deepmmsearch_r1(cls, judge: Judge | None = None, **overrides: Any) -> "RewardSpec":
+    def deepmmsearch_r1(cls, judge: Judge | None = None, **overrides: Any) -> RewardSpec:
         """DeepMMSearch-R1: no search penalty, format weight 0.1, a 0/1 judge verdict.
 
         The paper's judge is an LLM; pass one as ``judge`` (or name one: ``judge=`` of
@@ -169,7 +169,7 @@ class RewardSpec:
                            dialect="deepmmsearch-r1", name="deepmmsearch-r1"), **overrides)
 
     @classmethod
-    def from_name(cls, name: str, **overrides: Any) -> "RewardSpec":
+    def from_name(cls, name: str, **overrides: Any) -> RewardSpec:
         """``mmsearch-r1`` or ``deepmmsearch-r1`` (with optional field overrides)."""
         presets = {"mmsearch-r1": cls.mmsearch_r1, "deepmmsearch-r1": cls.deepmmsearch_r1}
         if name not in presets:

@@ -68,8 +68,7 @@ class UnicodeText(spaces.Text):
 # would silently turn real text into garbage. UnicodeText stores each string as its length
 # followed by its code points (UTF-32), so any unicode round-trips exactly.
 
-from gymnasium.vector.utils.shared_memory import (  # noqa: E402
-    create_shared_memory, read_from_shared_memory, write_to_shared_memory)
+from gymnasium.vector.utils.shared_memory import create_shared_memory, read_from_shared_memory, write_to_shared_memory  # noqa: E402
 
 
 @create_shared_memory.register(UnicodeText)

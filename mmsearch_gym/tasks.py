@@ -44,7 +44,7 @@ class SceneObject:
                 "attributes": dict(self.attributes)}
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "SceneObject":
+    def from_json(cls, data: Mapping[str, Any]) -> SceneObject:
         box = tuple(int(v) for v in data["box"])
         if len(box) != 4:
             raise ConfigError(f"a scene object box needs 4 numbers, got {data['box']!r}")
@@ -142,7 +142,7 @@ class TaskSet(Sequence[Task]):
         except KeyError:
             raise ConfigError(f"no task with id {task_id!r} in task set {self.name!r}") from None
 
-    def filter(self, predicate: Callable[[Task], bool], name: str | None = None) -> "TaskSet":
+    def filter(self, predicate: Callable[[Task], bool], name: str | None = None) -> TaskSet:
         return TaskSet([t for t in self._tasks if predicate(t)], name=name or self.name)
 
     @property

@@ -130,7 +130,7 @@ class HitRecord:
         return data
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any], where: str = "hit") -> "HitRecord":
+    def from_json(cls, data: Mapping[str, Any], where: str = "hit") -> HitRecord:
         f = Fields(data, where)
         thumb = f.object("thumbnail", default=None, null=True)
         digest = raw = None
@@ -142,7 +142,7 @@ class HitRecord:
                    thumbnail_digest=digest, thumbnail=raw)
 
 
-def hit_record(hit: "Hit", *, embed: bool = False) -> HitRecord:
+def hit_record(hit: Hit, *, embed: bool = False) -> HitRecord:
     """The record of a live Hit; its thumbnail bytes are kept only when ``embed``."""
     thumb = hit.thumbnail
     return HitRecord(url=hit.url, title=hit.title, snippet=hit.snippet, score=float(hit.score),
@@ -169,7 +169,7 @@ class ImageRecord:
         return {"digest": self.digest, "width": self.width, "height": self.height, "thumbnail": thumb}
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any], where: str = "image") -> "ImageRecord":
+    def from_json(cls, data: Mapping[str, Any], where: str = "image") -> ImageRecord:
         f = Fields(data, where)
         thumb = f.object("thumbnail", default=None, null=True)
         raw = size = None
@@ -232,7 +232,7 @@ class Turn:
                 "counts": dict(self.counts), "timing": {"policy_s": self.policy_s, "env_s": self.env_s}}
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any], where: str = "turn") -> "Turn":
+    def from_json(cls, data: Mapping[str, Any], where: str = "turn") -> Turn:
         f = Fields(data, where)
         action = f.object("action").data
         try:
@@ -335,14 +335,14 @@ class Trajectory:
         return json.dumps(self.to_json(), ensure_ascii=False, allow_nan=False, separators=_JSON_SEPARATORS)
 
     @classmethod
-    def from_json(cls, data: Any) -> "Trajectory":
+    def from_json(cls, data: Any) -> Trajectory:
         """Check and read one parsed line (or a dict built in Python); a problem is a DataError naming the field."""
         if isinstance(data, dict):
             check_tree(data, "the trajectory")  # JSON types, depth, finite numbers, strings
         return cls._from_checked(data)
 
     @classmethod
-    def _from_checked(cls, data: Any) -> "Trajectory":
+    def _from_checked(cls, data: Any) -> Trajectory:
         """``from_json`` for a value that already passed check_tree (what validation.loads returns)."""
         if not isinstance(data, dict):
             raise DataError(f"a trajectory line must be a JSON object, got {type(data).__name__}")
@@ -376,7 +376,7 @@ class Trajectory:
         )
 
     @classmethod
-    def from_line(cls, line: str | bytes) -> "Trajectory":
+    def from_line(cls, line: str | bytes) -> Trajectory:
         """Parse one JSONL line within the bounds of :func:`mmsearch_gym.validation.loads`."""
         return cls._from_checked(loads(line))
 
@@ -561,7 +561,7 @@ class TrajectoryWriter:
             self._file.close()
             self._file = None
 
-    def __enter__(self) -> "TrajectoryWriter":
+    def __enter__(self) -> TrajectoryWriter:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -602,7 +602,7 @@ def read_trajectories(path: str | Path) -> list[Trajectory]:
 # --------------------------------------------------------------------------------------------
 
 
-def rescore(trajectories: Iterable[Trajectory], spec: "RewardSpec") -> list[RewardBreakdown]:
+def rescore(trajectories: Iterable[Trajectory], spec: RewardSpec) -> list[RewardBreakdown]:
     """The reward breakdown of each recorded episode under ``spec`` (no env, no search).
 
     Scoring reads only the recorded assistant turns, the gold answers and the question, through

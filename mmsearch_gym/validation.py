@@ -29,8 +29,8 @@ from typing import Any
 
 from mmsearch_gym.errors import DataError
 
-__all__ = ["MAX_DEPTH", "SHA256_HEX", "MAX_INT", "MAX_INT_DIGITS", "MAX_LINE_CHARS", "MAX_STRING_CHARS", "Fields", "at_line",
-           "check_tree", "loads"]
+__all__ = ["MAX_DEPTH", "SHA256_HEX", "MAX_INT", "MAX_INT_DIGITS", "MAX_LINE_CHARS", "MAX_STRING_CHARS", "Fields",
+           "at_line", "check_tree", "loads"]
 
 MAX_DEPTH = 64
 """Deepest nesting of arrays and objects accepted (a trajectory line needs about 8)."""

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-
 import pytest
-
 from fixture_world import france_backend, scene_png
+
 from mmsearch_gym.search.base import MemoryBackend
 from mmsearch_gym.tasks import SceneObject, Task, TaskSet
 

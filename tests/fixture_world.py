@@ -14,6 +14,7 @@ from mmsearch_gym.policies import EpisodeView, Policy
 from mmsearch_gym.search.base import Hit, MemoryBackend
 from mmsearch_gym.tasks import SceneObject, Task, TaskSet
 
+
 def scene_png(color: tuple[int, int, int], size: tuple[int, int] = (320, 240)) -> bytes:
     """A solid image with one coloured 'flag' box at (200, 20, 300, 90), PNG-encoded."""
     image = Image.new("RGB", size, color)

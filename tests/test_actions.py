@@ -8,8 +8,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mmsearch_gym.actions import (DIALECTS, Answer, ImageSearch, Invalid, Region, TextSearch,
-                                  action_from_json, action_to_json, clamp_box, get_dialect, last_answer)
+from mmsearch_gym.actions import (
+    DIALECTS,
+    Answer,
+    ImageSearch,
+    Invalid,
+    Region,
+    TextSearch,
+    action_from_json,
+    action_to_json,
+    clamp_box,
+    get_dialect,
+    last_answer,
+)
 from mmsearch_gym.errors import ConfigError
 
 TAGS = ["<reason>", "</reason>", "<answer>", "</answer>", "<text_search>", "</text_search>",
@@ -205,7 +216,7 @@ def test_prompts_document_the_actions(name: str) -> None:
     ("1e999", "finite"), ("NaN", "finite"), ("-Infinity", "finite"), ("4e10", "within"), ("1000001", "within"),
 ])
 def test_tool_json_numbers_are_bounded_before_use(number: str, reason_part: str) -> None:
-    text = '<tool_call>{"name": "image_search", "arguments": {"bbox_2d": [1, 2, 3, %s]}}</tool_call>' % number
+    text = f'<tool_call>{{"name": "image_search", "arguments": {{"bbox_2d": [1, 2, 3, {number}]}}}}</tool_call>'
     action = get_dialect("tool-json").parse(text)
     assert isinstance(action, Invalid) and reason_part in action.reason
 

@@ -18,21 +18,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fixture_world import france_backend, planned, scene_png
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fixture_world import france_backend, planned, scene_png
-from mmsearch_gym.actions import (MAX_COORDINATE, Answer, ImageSearch, Invalid, TextSearch, get_dialect,
-                                  safe_text)
+from mmsearch_gym.actions import MAX_COORDINATE, Answer, ImageSearch, Invalid, TextSearch, get_dialect, safe_text
 from mmsearch_gym.env import MMSearchEnv
 from mmsearch_gym.errors import ConfigError, MMSearchError
 from mmsearch_gym.evaluate import evaluate
 from mmsearch_gym.registration import make_env
+from mmsearch_gym.replay import replay
 from mmsearch_gym.reward import RewardBreakdown, RewardSpec, score_episode
 from mmsearch_gym.search.base import Hit, MemoryBackend, SearchError
 from mmsearch_gym.search.cache import SearchCache
 from mmsearch_gym.tasks import SceneObject, Task, TaskSet
-from mmsearch_gym.replay import replay
 from mmsearch_gym.trajectories import ImageRecord, Trajectory, TrajectoryWriter, Turn, read_trajectories
 
 DIALECTS = ("mmsearch-r1", "deepmmsearch-r1", "tool-json")
@@ -97,7 +96,7 @@ def _call(name: str, arguments: Any) -> str:
 
 
 def _raw_call(name: str, arguments_json: str) -> str:
-    return '<tool_call>{"name": "%s", "arguments": %s}</tool_call>' % (name, arguments_json)
+    return f'<tool_call>{{"name": "{name}", "arguments": {arguments_json}}}</tool_call>'
 
 
 shaped = st.one_of(
@@ -107,8 +106,8 @@ shaped = st.one_of(
     box_text.map(lambda b: f"<reason>r</reason><crop>{b}</crop><img_search><img></img_search>"),
     box_text.map(lambda b: f"<img_search>{b}</img_search>"),
     hostile_text.map(lambda q: _call("text_search", {"query": q})),  # json.dumps escapes surrogates
-    box_text.map(lambda b: _raw_call("image_search", '{"bbox_2d": [%s]}' % b)),
-    box_text.map(lambda b: _raw_call("image_search", json.dumps(json.dumps({"bbox_2d": "[%s]" % b})))),
+    box_text.map(lambda b: _raw_call("image_search", f'{{"bbox_2d": [{b}]}}')),
+    box_text.map(lambda b: _raw_call("image_search", json.dumps(json.dumps({"bbox_2d": f"[{b}]"})))),
     st.integers(1, 60_000).map(lambda n: _raw_call("text_search", "[" * n + "]" * n)),
     st.integers(1, 20_000).map(lambda n: '<tool_call>{"name": "x", "arguments": ' + '{"a":' * n + "</tool_call>"),
     hostile_text.map(lambda a: _call("answer", {"answer": a})),

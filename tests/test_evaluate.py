@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from fixture_world import CapitalReader, planned
 
 from mmsearch_gym.errors import ConfigError
 from mmsearch_gym.evaluate import EpisodeResult, EvalReport, Metrics, evaluate, format_reports
@@ -17,8 +18,6 @@ from mmsearch_gym.reward import RewardBreakdown
 from mmsearch_gym.search.base import MemoryBackend
 from mmsearch_gym.search.cache import CacheMiss
 from mmsearch_gym.tasks import TaskSet
-
-from fixture_world import CapitalReader, planned
 
 
 def factory(tasks: TaskSet, backend: MemoryBackend, cache_dir: Path | None = None, **kwargs: object):

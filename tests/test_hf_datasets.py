@@ -39,7 +39,8 @@ def test_without_tasks_the_embedded_thumbnail_is_the_image(tmp_path: Path) -> No
     evaluate("MMSearch-v0", "direct", episodes=2, trajectories=path, embed_images=True, progress=False)
     trajectories = read_trajectories(path)
     data = to_hf_dataset(trajectories, labels={})
-    assert data[0]["image"].size == trajectories[0].image.thumbnail_size and data[0]["label"] in ("search_free", "search_required")
+    assert data[0]["image"].size == trajectories[0].image.thumbnail_size
+    assert data[0]["label"] in ("search_free", "search_required")
 
 
 def test_bad_inputs(tmp_path: Path) -> None:

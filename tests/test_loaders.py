@@ -130,7 +130,8 @@ def _fvqa_row(i: int, question: str, truth: str, candidates: list[str], category
     return {
         "data_source": "fvqa",
         "prompt": [{"role": "system", "content": "You are helpful."},
-                   {"role": "user", "content": prompt if prompt is not None else FVQA_PROMPT.format(question=question)}],
+                   {"role": "user",
+                    "content": prompt if prompt is not None else FVQA_PROMPT.format(question=question)}],
         "images": [{"bytes": _png((i * 40 % 255, 10, 10)), "path": None}],
         "reward_model": {"candidate_answers": json.dumps(candidates), "ground_truth": truth, "style": "rule"},
         "image_urls": [url],

@@ -7,6 +7,7 @@ import functools
 from pathlib import Path
 
 import pytest
+from fixture_world import CapitalReader, planned
 
 from mmsearch_gym.errors import ConfigError
 from mmsearch_gym.evaluate import EpisodeResult as EvalEpisodeResult
@@ -19,8 +20,6 @@ from mmsearch_gym.reward import RewardBreakdown
 from mmsearch_gym.search.base import MemoryBackend
 from mmsearch_gym.tasks import TaskSet
 from mmsearch_gym.trajectories import read_trajectories
-
-from fixture_world import CapitalReader, planned
 
 R = "<reason>r</reason>"
 IMAGE = R + "<search><img></search>"

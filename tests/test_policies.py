@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from fixture_world import CapitalReader, planned, play_policy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -33,8 +34,6 @@ from mmsearch_gym.policies import (
     text_only_content,
 )
 from mmsearch_gym.tasks import Task, TaskSet
-
-from fixture_world import CapitalReader, planned, play_policy
 
 DIALECTS = ("mmsearch-r1", "deepmmsearch-r1", "tool-json")
 
@@ -328,9 +327,11 @@ def test_text_only_content_puts_placeholders_where_the_images_were() -> None:
     image = {"type": "image", "image": None}
     result = [{"type": "text", "text": "<information>\n1. "}, image, {"type": "text", "text": " Flag of Peru\n2. "},
               image, {"type": "text", "text": " Flag of Chad\n</information>"}]
-    assert text_only_content(result) == "<information>\n1. [image] Flag of Peru\n2. [image] Flag of Chad\n</information>"
+    assert text_only_content(result) == (
+        "<information>\n1. [image] Flag of Peru\n2. [image] Flag of Chad\n</information>")
     # the task image before the question: joined by a newline rather than run together
-    assert text_only_content([image, {"type": "text", "text": "Question: which?"}], "<pic>") == "<pic>\nQuestion: which?"
+    question = {"type": "text", "text": "Question: which?"}
+    assert text_only_content([image, question], "<pic>") == "<pic>\nQuestion: which?"
     assert text_only_content("plain") == "plain"
     # markers without their images (or images without markers) stay as plain words
     assert text_only_content([{"type": "text", "text": "1. <image> x"}]) == "1. [image] x"

@@ -10,6 +10,7 @@ from typing import Any
 
 import gymnasium as gym
 import pytest
+from fixture_world import CapitalReader, planned
 
 from mmsearch_gym.env_factory import EnvFactory
 from mmsearch_gym.errors import ConfigError
@@ -19,8 +20,6 @@ from mmsearch_gym.registration import make_env
 from mmsearch_gym.replay import replay
 from mmsearch_gym.search.base import MemoryBackend
 from mmsearch_gym.tasks import TaskSet
-
-from fixture_world import CapitalReader, planned
 
 ENV_ID = "TinyReplay-v0"
 NEW_QUERY = "<reason>r</reason><text_search>a query nobody made</text_search>"

@@ -11,8 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mmsearch_gym.errors import ConfigError
-from mmsearch_gym.reward import (RewardSpec, episode_reward, exact_match, normalize_answer,
-                                 score_episode, substring_exact_match, token_f1)
+from mmsearch_gym.reward import (
+    RewardSpec,
+    episode_reward,
+    exact_match,
+    normalize_answer,
+    score_episode,
+    substring_exact_match,
+    token_f1,
+)
 
 
 # ---- independent reference: a literal, regex-based transcription of the paper's rule ---------
@@ -48,7 +55,8 @@ def reference_score(turns, answers, p=0.1, f=0.1, per_search=False, mode="EM"):
     t = [x.strip() for x in turns]
     counted = t if len(t) == 1 else t[:-1]
     # a turn counts at most once, even when it holds both an image-search and a text-search tag
-    searches = sum(1 for r in counted if "<search><img></search>" in r or ("<text_search>" in r and "</text_search>" in r))
+    searches = sum(1 for r in counted
+                   if "<search><img></search>" in r or ("<text_search>" in r and "</text_search>" in r))
     if len(t) == 1:
         fmt = int(_ref_is_answer(t[0]))
     elif len(t) == 2:
@@ -148,7 +156,8 @@ def test_reward_is_bounded_and_penalty_never_raises(turns, f, p, scorer) -> None
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(turn, max_size=2), st.sampled_from(["", "<reason>r</reason>"]), st.sampled_from(["mmsearch_r1", "deepmmsearch_r1"]))
+@given(st.lists(turn, max_size=2), st.sampled_from(["", "<reason>r</reason>"]),
+       st.sampled_from(["mmsearch_r1", "deepmmsearch_r1"]))
 def test_correct_is_never_worse_than_wrong(prefix, head, preset) -> None:
     spec = getattr(RewardSpec, preset)()
     right = prefix + [f"{head}<answer>Paris</answer>"]

@@ -6,6 +6,7 @@ import functools
 from typing import Any
 
 import pytest
+from fixture_world import CapitalReader, planned
 
 from mmsearch_gym.errors import ConfigError
 from mmsearch_gym.metrics import EpisodeResult
@@ -14,8 +15,6 @@ from mmsearch_gym.registration import make_env
 from mmsearch_gym.runner import EpisodeEnd, EpisodeRunner, StepEvent
 from mmsearch_gym.search.base import MemoryBackend
 from mmsearch_gym.tasks import TaskSet
-
-from fixture_world import CapitalReader, planned
 
 
 def _factory(tasks: TaskSet, backend: MemoryBackend) -> Any:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fixture_world import CapitalReader, france_backend, planned, scene_png
 from PIL import Image
 
 from mmsearch_gym.cli import main
@@ -26,8 +27,6 @@ from mmsearch_gym.search.cache import SearchCache
 from mmsearch_gym.search.cassette import import_cassette, verify_cassette
 from mmsearch_gym.tasks import SceneObject, Task, TaskSet
 from mmsearch_gym.trajectories import Trajectory, read_trajectories
-
-from fixture_world import CapitalReader, france_backend, planned, scene_png
 
 
 class Raw:

@@ -9,6 +9,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+from fixture_world import CapitalReader, planned
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,15 +17,21 @@ from mmsearch_gym.errors import ConfigError, DataError
 from mmsearch_gym.evaluate import evaluate
 from mmsearch_gym.policies import make_policy
 from mmsearch_gym.registration import make_env
+from mmsearch_gym.replay import replay
 from mmsearch_gym.reward import RewardBreakdown, RewardSpec, score_episode
 from mmsearch_gym.search.base import MemoryBackend
 from mmsearch_gym.search.cache import SearchCache
 from mmsearch_gym.tasks import TaskSet
-from mmsearch_gym.replay import replay
-from mmsearch_gym.trajectories import (SCHEMA_VERSION, HitRecord, ImageRecord, Trajectory, TrajectoryWriter, Turn,
-                                       read_trajectories, rescore)
-
-from fixture_world import CapitalReader, planned
+from mmsearch_gym.trajectories import (
+    SCHEMA_VERSION,
+    HitRecord,
+    ImageRecord,
+    Trajectory,
+    TrajectoryWriter,
+    Turn,
+    read_trajectories,
+    rescore,
+)
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "docs" / "trajectory-schema.json"
 

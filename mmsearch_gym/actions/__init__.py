@@ -11,10 +11,26 @@ Import everything from here (``from mmsearch_gym.actions import get_dialect, Ans
 
 from __future__ import annotations
 
-from mmsearch_gym.actions.base import (MAX_COORDINATE, MAX_EXPRESSION_CHARS, MAX_QUERY_CHARS, MAX_TOOL_CALL_CHARS,
-                                       THUMBNAIL_MARKER, UNABLE_TO_ANSWER, Action, Answer, ImageSearch, Invalid,
-                                       Region, TextSearch, action_from_json, action_to_json, clamp_box, last_answer,
-                                       parse_box, safe_text)
+from mmsearch_gym.actions.base import (
+    MAX_COORDINATE,
+    MAX_EXPRESSION_CHARS,
+    MAX_QUERY_CHARS,
+    MAX_TOOL_CALL_CHARS,
+    THUMBNAIL_MARKER,
+    UNABLE_TO_ANSWER,
+    Action,
+    Answer,
+    ImageSearch,
+    Invalid,
+    Region,
+    TextSearch,
+    action_from_json,
+    action_to_json,
+    clamp_box,
+    last_answer,
+    parse_box,
+    safe_text,
+)
 from mmsearch_gym.actions.deepmmsearch_r1 import DeepMMSearchR1
 from mmsearch_gym.actions.dialect import Dialect, Limits, SearchCounts
 from mmsearch_gym.actions.mmsearch_r1 import MMSearchR1

@@ -14,7 +14,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Union
+from typing import Any, ClassVar, Literal
 
 from mmsearch_gym.errors import ConfigError
 
@@ -71,15 +71,15 @@ class Region:
     expression: str | None = None
 
     @classmethod
-    def whole(cls) -> "Region":
+    def whole(cls) -> Region:
         return _WHOLE
 
     @classmethod
-    def from_box(cls, x1: float, y1: float, x2: float, y2: float) -> "Region":
+    def from_box(cls, x1: float, y1: float, x2: float, y2: float) -> Region:
         return cls("box", (float(x1), float(y1), float(x2), float(y2)))
 
     @classmethod
-    def refer(cls, expression: str) -> "Region":
+    def refer(cls, expression: str) -> Region:
         return cls("expression", expression=expression)
 
     def to_json(self) -> dict[str, Any]:
@@ -87,7 +87,7 @@ class Region:
                 "expression": self.expression}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Region":
+    def from_json(cls, data: dict[str, Any]) -> Region:
         """The region of a recorded action; ConfigError (never an overflow) for a malformed one."""
         kind, box, expression = data.get("kind"), data.get("box"), data.get("expression")
         if kind not in ("whole", "box", "expression"):
@@ -132,7 +132,7 @@ class Invalid:
     kind: ClassVar[str] = "invalid"
 
 
-Action = Union[TextSearch, ImageSearch, Answer, Invalid]
+Action = TextSearch | ImageSearch | Answer | Invalid
 
 
 def action_to_json(action: Action) -> dict[str, Any]:

@@ -4,11 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mmsearch_gym.actions.base import (MAX_EXPRESSION_CHARS, Action, Answer, ImageSearch, Invalid, Region,
-                                       TextSearch, _check_query, _crop_before, _first_element, _fmt_box,
-                                       last_answer, parse_box)
+from mmsearch_gym.actions.base import (
+    MAX_EXPRESSION_CHARS,
+    Action,
+    Answer,
+    ImageSearch,
+    Invalid,
+    Region,
+    TextSearch,
+    _check_query,
+    _crop_before,
+    _first_element,
+    _fmt_box,
+    last_answer,
+    parse_box,
+)
 from mmsearch_gym.actions.dialect import Dialect, Limits, _reason_shape_ok
 from mmsearch_gym.errors import ConfigError
+
 
 def _tag_turn_ok(s: str, open_tag: str, close_tag: str, others: Sequence[str]) -> bool:
     """``<reason>..</reason>`` once, then exactly one ``open..close`` element ending the turn."""

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 from mmsearch_gym.actions.base import THUMBNAIL_MARKER, Action, ImageSearch, Invalid, TextSearch, last_answer
 
+
 @dataclass(frozen=True)
 class Limits:
     """A dialect's default episode limits (the papers' training settings)."""

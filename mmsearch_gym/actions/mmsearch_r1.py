@@ -4,8 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mmsearch_gym.actions.base import (UNABLE_TO_ANSWER, Action, Answer, ImageSearch, Invalid, TextSearch,
-                                       _check_query, _crop_before, _first_element, _fmt_box, last_answer)
+from mmsearch_gym.actions.base import (
+    UNABLE_TO_ANSWER,
+    Action,
+    Answer,
+    ImageSearch,
+    Invalid,
+    TextSearch,
+    _check_query,
+    _crop_before,
+    _first_element,
+    _fmt_box,
+    last_answer,
+)
 from mmsearch_gym.actions.dialect import Dialect, Limits, SearchCounts, _reason_shape_ok
 from mmsearch_gym.errors import ConfigError
 

@@ -6,9 +6,23 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from mmsearch_gym.actions.base import (_MAX_JSON_INT_DIGITS, _WHOLE, MAX_COORDINATE, MAX_TOOL_CALL_CHARS, Action,
-                                       Answer, ImageSearch, Invalid, Region, TextSearch, _check_query,
-                                       _first_element, last_answer, parse_box, safe_text)
+from mmsearch_gym.actions.base import (
+    _MAX_JSON_INT_DIGITS,
+    _WHOLE,
+    MAX_COORDINATE,
+    MAX_TOOL_CALL_CHARS,
+    Action,
+    Answer,
+    ImageSearch,
+    Invalid,
+    Region,
+    TextSearch,
+    _check_query,
+    _first_element,
+    last_answer,
+    parse_box,
+    safe_text,
+)
 from mmsearch_gym.actions.dialect import Dialect, Limits
 from mmsearch_gym.errors import ConfigError
 

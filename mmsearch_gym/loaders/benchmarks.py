@@ -347,4 +347,5 @@ def load_benchmark(name: str, location: str | Path | Rows, *, split: str | None 
                       stacklevel=2)
     if not tasks:
         raise DataError(f"{rows.where} holds no {bench.name} task with an image")
-    return TaskSet(tasks, name=f"{bench.name}:{Path(rows.where).stem if not rows.where.startswith('hf:') else rows.where}")
+    where = rows.where if rows.where.startswith("hf:") else Path(rows.where).stem
+    return TaskSet(tasks, name=f"{bench.name}:{where}")

@@ -229,7 +229,7 @@ def fvqa_search_cassette(cache_json: str | Path, tasks: TaskSet, out: str | Path
         if not isinstance(titles, list) or not isinstance(images, list):
             raise DataError(f"{path} [{task.id!r}]: tool_returned_web_title and cached_images_path must be lists")
         hits = []
-        for rank, (title, image) in enumerate(zip(titles, images)):
+        for rank, (title, image) in enumerate(zip(titles, images, strict=False)):
             thumb = _thumbnail_file(base, image)
             if thumb is None:
                 continue

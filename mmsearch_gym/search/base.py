@@ -56,7 +56,7 @@ class Hit:
         }
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "Hit":
+    def from_json(cls, data: Mapping[str, Any]) -> Hit:
         thumb = data.get("thumbnail")
         return cls(
             title=str(data["title"]),

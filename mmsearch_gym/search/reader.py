@@ -179,7 +179,7 @@ class ReadingBackend:
         targets = [i for i, hit in enumerate(hits[: self.top_n]) if hit.url.startswith(("http://", "https://"))]
         pages = self._read_all([hits[i].url for i in targets])
         out = list(hits)
-        for i, page in zip(targets, pages):
+        for i, page in zip(targets, pages, strict=False):
             if page is None:
                 continue
             out[i] = dataclasses.replace(hits[i], snippet=self._condense(query, hits[i].url, page))

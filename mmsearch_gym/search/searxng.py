@@ -43,7 +43,8 @@ class SearxngBackend:
     def __init__(self, base_url: str | None = None, *, language: str | None = None,
                  categories: str | Sequence[str] | None = None, engines: str | Sequence[str] | None = None,
                  safesearch: int = 0, time_range: str | None = None, max_pages: int = 3,
-                 search_timeout: float | None = DEFAULT_SEARCH_DEADLINE, client: HttpClient | None = None, environ: Mapping[str, str] | None = None) -> None:
+                 search_timeout: float | None = DEFAULT_SEARCH_DEADLINE, client: HttpClient | None = None,
+                 environ: Mapping[str, str] | None = None) -> None:
         if base_url is None:
             base_url = (environ if environ is not None else os.environ).get(SEARXNG_URL_ENV, "").strip()
         if not base_url:

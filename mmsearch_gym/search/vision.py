@@ -53,7 +53,8 @@ class GoogleVisionBackend:
 
     def __init__(self, api_key: str | Secret | None = None, *, base_url: str = DEFAULT_VISION_URL,
                  include_geo_results: bool = False, key_transport: Literal["header", "query"] = "header",
-                 search_timeout: float | None = DEFAULT_SEARCH_DEADLINE, client: HttpClient | None = None, environ: Mapping[str, str] | None = None) -> None:
+                 search_timeout: float | None = DEFAULT_SEARCH_DEADLINE, client: HttpClient | None = None,
+                 environ: Mapping[str, str] | None = None) -> None:
         self._key = secret_from(api_key, VISION_KEY_ENV, "Google Cloud Vision", environ=environ)
         if not base_url.startswith(("http://", "https://")):
             raise ConfigError(f"Google Vision base_url must be an http(s) URL, got {public_url(base_url)!r}")

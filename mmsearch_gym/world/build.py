@@ -415,7 +415,7 @@ def flag_parts(raw: str | None) -> dict[str, str]:
     pieces = re.split(r"(?:^|;\s*)(description|meaning|history|note(?: \d)?):\s*", raw)
     if len(pieces) == 1:
         return {"description": raw.strip(" ;")} if ":" not in raw[:40] else {}
-    for label, value in zip(pieces[1::2], pieces[2::2]):
+    for label, value in zip(pieces[1::2], pieces[2::2], strict=False):
         key = label.split(" ")[0]
         if key not in parts and value.strip(" ;"):
             parts[key] = value.strip(" ;")

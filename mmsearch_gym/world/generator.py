@@ -222,7 +222,7 @@ def confusable_flags(knowledge: Knowledge, threshold: float = CONFUSABLE_COSINE)
     rows = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
     sims = rows @ rows.T
     np.fill_diagonal(sims, -1.0)
-    return frozenset(c.id for c, best in zip(countries, sims.max(axis=1)) if best >= threshold)
+    return frozenset(c.id for c, best in zip(countries, sims.max(axis=1), strict=False) if best >= threshold)
 
 
 # --------------------------------------------------------------------------------------------
@@ -417,7 +417,7 @@ class TaskGenerator:
         """Flags at the given grid cells (centre jittered inside the cell), with annotations."""
         width, height = size
         specs, boxes = [], []
-        for entity, (row, col), frac in zip(entities, cells, widths):
+        for entity, (row, col), frac in zip(entities, cells, widths, strict=False):
             fw = round(frac * width)
             fh = round(fw * FLAG_ASPECT)
             angle = _r(rng.uniform(-4.0, 4.0), 2)
@@ -437,7 +437,7 @@ class TaskGenerator:
         by_area = sorted(range(len(boxes)), key=lambda i: (-areas[i], i))
         by_x = sorted(range(len(boxes)), key=lambda i: ((boxes[i][0] + boxes[i][2]) / 2, i))
         objects = []
-        for i, (spec, box) in enumerate(zip(specs, boxes)):
+        for i, (spec, box) in enumerate(zip(specs, boxes, strict=False)):
             rank = by_area.index(i)
             size_rank = ("only" if len(boxes) == 1 else "largest" if rank == 0
                          else "smallest" if rank == len(boxes) - 1 else f"{_ORDINALS[rank + 1]} largest")
