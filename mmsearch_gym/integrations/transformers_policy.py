@@ -24,7 +24,9 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from mmsearch_gym.errors import ConfigError
-from mmsearch_gym.policies import cut_at_stop, interleave_images, text_only_content
+from mmsearch_gym.integrations.hf import load_pretrained, resolve_dtype
+from mmsearch_gym.policies import interleave_images, text_only_content
+from mmsearch_gym.stopping import cut_at_stop, first_stop_end
 
 if TYPE_CHECKING:
     from mmsearch_gym.policies import EpisodeView
@@ -54,7 +56,7 @@ def make_stop_criteria(tokenizer: Any, stops: Sequence[Sequence[str]], prompt_le
             generated = input_ids[:, prompt_length:]
             tail = generated[:, -window:].tolist()
             texts = tokenizer.batch_decode(tail, skip_special_tokens=False)
-            done = [any(s in text for s in row) for text, row in zip(texts, stops)]
+            done = [first_stop_end(text, row) is not None for text, row in zip(texts, stops)]
             return torch.tensor(done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
 
     return _StopOnClosingTag()
@@ -133,20 +135,10 @@ class TransformersPolicy:
             where = str(Path(where).expanduser())
         elif where.startswith((".", "/", "~")):
             raise ConfigError(f"model directory {where} does not exist")
-        if isinstance(dtype, str) and dtype != "auto":
-            if not isinstance(getattr(torch, dtype, None), torch.dtype):
-                raise ConfigError(f"unknown dtype {dtype!r}; use float32, bfloat16, float16 or auto")
-            dtype = getattr(torch, dtype)
+        dtype = resolve_dtype(dtype)
         if dtype is None:
             dtype = torch.float32 if str(device).startswith("cpu") else "auto"
-        if (Path(where) / "mmsearch_tiny.json").exists():  # a tiny model (its VLM processor is image-only)
-            from mmsearch_gym.integrations.tiny_models import load_tiny_model
-
-            model, processor = load_tiny_model(where)
-            if isinstance(dtype, torch.dtype):
-                model.to(dtype)  # type: ignore[arg-type]
-        else:
-            model, processor = _load_hf(where, dtype, trust_remote_code)
+        model, processor = load_pretrained(where, dtype=dtype, trust_remote_code=trust_remote_code)
         model.to(device)  # type: ignore[arg-type]
         kwargs.setdefault("name", f"transformers:{path}")
         return cls(model, processor, **kwargs)
@@ -284,32 +276,3 @@ class TransformersPolicy:
     def __repr__(self) -> str:
         kind = "VLM" if self.is_vlm else "LM"
         return f"TransformersPolicy({self.name!r}, {kind}, max_new_tokens={self.max_new_tokens})"
-
-
-def _load_hf(where: str, dtype: Any, trust_remote_code: bool) -> tuple[Any, Any]:
-    """``(model, processor)`` from a transformers directory or hub id: a VLM with its processor,
-    else a causal LM with its tokenizer."""
-    from transformers import AutoModelForCausalLM, AutoProcessor, AutoTokenizer
-
-    try:
-        processor = AutoProcessor.from_pretrained(where, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, TypeError, KeyError, ImportError):
-        # e.g. a VLM processor that wants torchvision for video: build the processor
-        # yourself (an image-only subclass) and use TransformersPolicy(model, processor)
-        processor = None
-    try:
-        if processor is not None and getattr(processor, "image_processor", None) is not None:
-            from transformers import AutoModelForImageTextToText
-            model = AutoModelForImageTextToText.from_pretrained(
-                where, dtype=dtype, trust_remote_code=trust_remote_code)
-        else:
-            if processor is None or getattr(processor, "tokenizer", None) is not None:
-                processor = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
-            model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, trust_remote_code=trust_remote_code)
-    except ValueError as err:  # e.g. a VLM whose processor could not be loaded above
-        raise ConfigError(f"cannot load {where} as a causal LM ({err.__class__.__name__}); for a VLM "
-                          "whose processor needs torchvision, build an image-only processor and use "
-                          "TransformersPolicy(model, processor)") from None
-    except OSError as err:
-        raise ConfigError(f"cannot load a model from {where}: {err}") from err
-    return model, processor

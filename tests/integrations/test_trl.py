@@ -9,7 +9,6 @@ tool-result tokens, and the rewards TRL used are the env's.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,13 +26,14 @@ from mmsearch_gym.actions import get_dialect  # noqa: E402
 from mmsearch_gym.env import MMSearchEnv  # noqa: E402
 from mmsearch_gym.errors import ConfigError, DataError  # noqa: E402
 from mmsearch_gym.integrations import trl as T  # noqa: E402
+from mmsearch_gym.integrations.trl.data import _text_of  # noqa: E402
+from mmsearch_gym.integrations.trl.generation import _action_text, _cut_at_stop  # noqa: E402
+from mmsearch_gym.integrations.trl.recipe import _RECIPE_KEYS  # noqa: E402
 from mmsearch_gym.integrations.tiny_models import TAG_TOKENS, load_tiny_model  # noqa: E402
 from mmsearch_gym.search.base import MemoryBackend  # noqa: E402
 from mmsearch_gym.tasks import SceneObject, Task, TaskSet  # noqa: E402
 
 from fixture_world import france_backend, scene_png  # noqa: E402
-
-os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -496,7 +496,7 @@ def _vlm_after_sft(route: str, work: Path, steps: int) -> tuple[Any, Any]:
     assert [len(images) for images in data["images"]] == [
         1 + sum(1 for m in row[2:] if m["role"] == "user" and any(b["type"] == "image" for b in m["content"]))
         for row in data["messages"]]
-    texts = [T._text_of(m["content"]) for row in data["messages"] for m in row]
+    texts = [_text_of(m["content"]) for row in data["messages"] for m in row]
     path = T.make_tiny_model(work / "init", kind="vlm", tasks=make_tasks(), texts=texts, vocab_size=768)
     model, processor = load_tiny_model(path)
     T.make_sft_trainer(model, processor, data, output_dir=work / "run", args={
@@ -572,7 +572,7 @@ def test_shipped_recipes_are_valid(name: str, tmp_path: Path) -> None:
 
     recipe = load_recipe(name)
     assert recipe["trainer"] in ("sft", "grpo", "sft+grpo") and recipe["description"]
-    assert set(recipe) <= T._RECIPE_KEYS
+    assert set(recipe) <= _RECIPE_KEYS
     cpu = {"bf16": False, "use_cpu": True, "output_dir": str(tmp_path)}
     if "grpo" in recipe:
         config = GRPOConfig(**{**recipe["grpo"], **cpu})
@@ -623,8 +623,8 @@ def test_action_text_ends_at_the_first_stop(pieces: list[str]) -> None:
     tokenizer = _tokenizer()
     ids = tokenizer("".join(pieces), add_special_tokens=False)["input_ids"]
     stops = get_dialect("mmsearch-r1").stop_sequences
-    cut, _ = T._cut_at_stop(tokenizer, ids, None, stops, 100)
-    text = T._action_text(tokenizer, cut, stops)
+    cut, _ = _cut_at_stop(tokenizer, ids, None, stops, 100)
+    text = _action_text(tokenizer, cut, stops)
     full = "".join(pieces)
     ends = [full.find(s) + len(s) for s in stops if s in full]
     assert text == (full[:min(ends)] if ends else full)
