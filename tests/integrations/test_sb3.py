@@ -365,7 +365,7 @@ def _world_env(tasks: TaskSet, engine) -> SearchDecisionEnv:
 
 def _decisions_for_plan(env: SearchDecisionEnv, index: int) -> list[int]:
     """The decisions that carry out a task's oracle plan (a crop: the target grounding to its box)."""
-    task = env.base.tasks[index]
+    task = env.unwrapped.tasks[index]
     out = []
     for step in task.meta["oracle_plan"]:
         if step["tool"] == "answer":

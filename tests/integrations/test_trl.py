@@ -19,6 +19,7 @@ import pytest
 pytest.importorskip("trl")
 
 import torch  # noqa: E402
+from fixture_world import france_backend, scene_png  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
@@ -26,15 +27,12 @@ from mmsearch_gym.actions import get_dialect  # noqa: E402
 from mmsearch_gym.env import MMSearchEnv  # noqa: E402
 from mmsearch_gym.errors import ConfigError, DataError  # noqa: E402
 from mmsearch_gym.integrations import trl as T  # noqa: E402
+from mmsearch_gym.integrations.tiny_models import TAG_TOKENS, load_tiny_model  # noqa: E402
 from mmsearch_gym.integrations.trl.data import _text_of  # noqa: E402
 from mmsearch_gym.integrations.trl.generation import _action_text, _cut_at_stop  # noqa: E402
 from mmsearch_gym.integrations.trl.recipe import _RECIPE_KEYS  # noqa: E402
-from mmsearch_gym.integrations.tiny_models import TAG_TOKENS, load_tiny_model  # noqa: E402
 from mmsearch_gym.search.base import MemoryBackend  # noqa: E402
 from mmsearch_gym.tasks import SceneObject, Task, TaskSet  # noqa: E402
-
-from fixture_world import france_backend, scene_png  # noqa: E402
-
 
 # ---------------------------------------------------------------------------------------------
 # A small world: two search-required tasks, two search-free ones, canned search results
