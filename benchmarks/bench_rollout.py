@@ -8,6 +8,7 @@ rollout does around generation: cutting each turn at its first stop string, deco
 action, parsing and stepping the env (in-memory backend), and rendering and tokenising the
 tool result. ``cut_ms`` also times the stop cutting alone, with the stop at the end (usual)
 and in the middle of the turn (the slow case for a cutter that searches from the end).
+Each number is the best of several repeats (the machine is shared; the minimum is the cost).
 
     python benchmarks/bench_rollout.py [--quick] [--out benchmarks/results/bench_rollout.json]
 
@@ -68,7 +69,7 @@ def turn_ids(tokenizer: Any, action: Any, length: int, stop_at: str) -> list[int
     return ids + filler[:max(0, length - len(ids))]
 
 
-def bench(tokenizer: Any, length: int, episodes: int, stop_at: str) -> dict[str, float]:
+def bench(tokenizer: Any, length: int, repeats: int, stop_at: str) -> dict[str, float]:
     from mmsearch_gym.integrations.trl import make_rollout_func, to_dataset
 
     tasks, backend = world()
@@ -83,25 +84,23 @@ def bench(tokenizer: Any, length: int, episodes: int, stop_at: str) -> dict[str,
         return [(list(turns[min(len(ep.turns), 2)]), None) for ep in batch]
 
     rollout.play(prompts[:2], tokenizer, generate, budget=100_000)  # warm-up
-    played = 0
-    started = time.perf_counter()
-    while played < episodes:
-        batch = prompts[:min(len(prompts), episodes - played)]
-        done = rollout.play(batch, tokenizer, generate, budget=100_000)
+    per_turn = float("inf")  # best of `repeats` batches (the machine is shared: the minimum is the cost)
+    for _ in range(repeats):
+        started = time.perf_counter()
+        done = rollout.play(prompts, tokenizer, generate, budget=100_000)
+        per_turn = min(per_turn, (time.perf_counter() - started) / (len(prompts) * len(turns)))
         failed = [ep.turns for ep in done if ep.breakdown is None or ep.breakdown.reward < 0.8]
         if failed:
             raise RuntimeError(f"an episode did not play as scripted: {failed[0]}")
-        played += len(batch)
-    per_turn = (time.perf_counter() - started) / (played * len(turns))
 
     cut = _cutter()
     stops = dialect.stop_sequences
-    reps = max(20, episodes)
-    started = time.perf_counter()
-    for _ in range(reps):
+    cut_s = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
         for ids in turns:
             cut(tokenizer, ids, None, stops, length + 8)
-    cut_s = (time.perf_counter() - started) / (reps * len(turns))
+        cut_s = min(cut_s, (time.perf_counter() - started) / len(turns))
     return {"per_turn_ms": round(per_turn * 1e3, 3), "cut_ms": round(cut_s * 1e3, 3),
             "mean_turn_tokens": round(sum(map(len, turns)) / len(turns), 1)}
 
@@ -119,13 +118,14 @@ def main() -> None:
 
     tokenizer = build_tokenizer([FILLER, "What is the capital of the country whose flag is shown? Paris France"],
                                 chat_template=qwen2_5_chat_template, vocab_size=512)
-    episodes = 8 if args.quick else 40
+    repeats = 3 if args.quick else 15
     results: dict[str, Any] = {"stop_at_end": {}, "stop_in_middle": {}}
     for length in LENGTHS:
-        results["stop_at_end"][str(length)] = bench(tokenizer, length, episodes, "end")
-        results["stop_in_middle"][str(length)] = bench(tokenizer, length, episodes, "middle")
+        results["stop_at_end"][str(length)] = bench(tokenizer, length, repeats, "end")
+        results["stop_in_middle"][str(length)] = bench(tokenizer, length, repeats, "middle")
     out = {"benchmark": "rollout env-side cost per turn (no model forward)", "label": args.label,
-           "tokens_per_turn": list(LENGTHS), "episodes": episodes, "turns_per_episode": 3,
+           "tokens_per_turn": list(LENGTHS), "episodes_per_batch": 8, "repeats": repeats,
+           "statistic": "best of repeats", "turns_per_episode": 3,
            "python": platform.python_version(), "machine": platform.machine(), "results": results}
     text = json.dumps(out, indent=2)
     print(text)

@@ -150,7 +150,9 @@ def _tool_turn_ids(processing: Processing, result: str, *, ends_with_eos: bool) 
     tokenizer = _tokenizer_of(processing)
     frame = _glue_frame(processing)
     glue = frame[0] + result + frame[1] if frame is not None else _render_glue(processing, result)
-    ids = tokenizer(glue, add_special_tokens=False)["input_ids"]
+    backend = getattr(tokenizer, "backend_tokenizer", None)  # a fast tokenizer's Rust core: same ids
+    ids = backend.encode(glue, add_special_tokens=False).ids if backend is not None \
+        else tokenizer(glue, add_special_tokens=False)["input_ids"]
     if ends_with_eos and ids and ids[0] == tokenizer.eos_token_id:
         ids = ids[1:]
     return ids

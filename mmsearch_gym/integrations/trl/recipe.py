@@ -22,6 +22,7 @@ from mmsearch_gym.tasks import TaskSet
 from .data import _text_of, to_dataset
 from .envs import EnvFactory, env_factory
 from .generation import Processing
+from .lora import LoraSpec, trainable_parameters
 from .models import load_model, make_tiny_model
 from .sft_data import build_sft_dataset
 from .trainers import evaluate_model, make_grpo_trainer, make_sft_trainer
@@ -31,7 +32,8 @@ TRL_VERSION = trl.__version__
 
 _STAGES = {"sft": ("sft",), "grpo": ("grpo",), "sft+grpo": ("sft", "grpo")}
 _RECIPE_KEYS = {"name", "description", "trainer", "model", "model_kwargs", "env", "categories", "route", "images",
-                "system_prompt", "max_turn_tokens", "sft", "grpo", "grpo_tasks", "eval", "seed", "torch_threads"}
+                "system_prompt", "max_turn_tokens", "sft", "grpo", "grpo_tasks", "eval", "seed", "torch_threads",
+                "lora", "freeze_vision"}
 
 
 def _env_spec(spec: str | Mapping[str, Any], what: str) -> tuple[str, dict[str, Any]]:
@@ -115,6 +117,9 @@ def train_recipe(recipe: Mapping[str, Any], *, output_dir: Path) -> dict[str, An
     * ``sft``: SFTConfig fields plus ``teacher``, ``episodes``, ``balance``, ``thumbnails``,
       ``trajectories``; ``grpo``: GRPOConfig fields; ``grpo_tasks``: how many tasks GRPO
       samples from;
+    * ``lora``: LoRA adapters for the SFT stage (:class:`~.lora.LoraSpec` fields ``r``,
+      ``alpha``, ``dropout``, ``target_modules``; merged into the model after SFT);
+      ``freeze_vision``: freeze a VLM's vision tower and projector during SFT;
     * ``eval``: ``{"env", "episodes", "categories", "max_completion_length"}``, a greedy
       evaluation before and after training; ``torch_threads``: CPU threads (tiny models run
       faster on one); ``seed``.
@@ -175,6 +180,8 @@ def _checked(recipe: Mapping[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(recipe) - _RECIPE_KEYS)
     if unknown:
         raise ConfigError(f"unknown recipe fields {unknown}; known: {sorted(_RECIPE_KEYS)}")
+    if recipe.get("lora") is not None:
+        LoraSpec.from_json(recipe["lora"])  # fail before any episode is recorded
     return recipe
 
 
@@ -221,13 +228,18 @@ def _evaluate(run: _Run, model: PreTrainedModel, processing: Processing,
 def _train_sft(run: _Run, model: PreTrainedModel, processing: Processing, data: datasets.Dataset,
                sft_options: Mapping[str, Any]) -> tuple[PreTrainedModel, dict[str, Any]]:
     progress = _Progress()
+    lora = run.recipe.get("lora")
     trainer = make_sft_trainer(model, processing, data, args={"seed": run.seed, **sft_options},
-                               output_dir=run.output_dir / "sft", callbacks=[progress])
+                               output_dir=run.output_dir / "sft", callbacks=[progress], lora=lora,
+                               freeze_vision=bool(run.recipe.get("freeze_vision", False)))
+    trainable = trainable_parameters(trainer.model)
     result = trainer.train()
-    path = _save(trainer.model, processing, run.output_dir / "sft" / "final", run.tiny)
-    return trainer.model, {"examples": len(data), "steps": trainer.state.global_step,
-                           "train_loss": float(result.training_loss), "path": str(path),
-                           "loss_curve": [log["loss"] for log in progress.logs if "loss" in log]}
+    trained = trainer.model.merge_and_unload() if lora is not None else trainer.model  # LoRA: a plain model again
+    path = _save(trained, processing, run.output_dir / "sft" / "final", run.tiny)
+    return trained, {"examples": len(data), "steps": trainer.state.global_step,
+                     "train_loss": float(result.training_loss), "path": str(path),
+                     "trainable_parameters": trainable, "lora": lora,
+                     "loss_curve": [log["loss"] for log in progress.logs if "loss" in log]}
 
 
 def _train_grpo(run: _Run, model: PreTrainedModel,

@@ -22,6 +22,8 @@ from mmsearch_gym.errors import ConfigError
 from .data import _text_of, _with_image
 from .envs import EnvSource, env_factory
 from .generation import Processing, TurnOutput, _tokenizer_of, hf_generate
+from .lora import LoraSpec, apply_lora
+from .lora import freeze_vision as freeze_vision_side
 from .models import _is_vlm
 from .rewards import env_reward, episode_accuracy, episode_metrics
 from .rollout import _Episode, make_rollout_func
@@ -62,14 +64,28 @@ def _config(cls: type[ConfigT], values: ConfigT | Mapping[str, Any] | None, outp
 
 def make_sft_trainer(model: PreTrainedModel, processing: Processing, dataset: datasets.Dataset, *,
                      args: SFTConfig | Mapping[str, Any] | None = None, output_dir: str | Path = "runs/sft",
-                     callbacks: Sequence[TrainerCallback] = ()) -> SFTTrainer:
-    """TRL's SFTTrainer with assistant-only loss (tool results never reach the loss)."""
+                     callbacks: Sequence[TrainerCallback] = (), lora: LoraSpec | Mapping[str, Any] | None = None,
+                     freeze_vision: bool = False) -> SFTTrainer:
+    """TRL's SFTTrainer with assistant-only loss (tool results never reach the loss).
+
+    ``freeze_vision`` freezes a VLM's vision tower and projector; ``lora`` trains LoRA adapters
+    on the language model instead of all its weights (:mod:`.lora`; DeepMMSearch-R1's cold
+    start does both). The trainer's model is then a PEFT model (``merge_and_unload()`` gives
+    back a plain one).
+    """
     config = _config(SFTConfig, args, Path(output_dir), assistant_only_loss=True, max_length=2048,
                      activation_checkpointing=False, remove_unused_columns=not _is_vlm(processing))
     if not config.assistant_only_loss:
         raise ConfigError("SFT on search episodes needs assistant_only_loss=True (tool results must be masked)")
     if _is_vlm(processing) and "tools" in dataset.column_names:
         dataset = _inline_tools(dataset, processing)
+    if freeze_vision:
+        freeze_vision_side(model)
+    if lora is not None:
+        spec = lora if isinstance(lora, LoraSpec) else LoraSpec.from_json(lora)
+        checkpointing = bool(getattr(config, "gradient_checkpointing", False)
+                             or getattr(config, "activation_checkpointing", False))
+        model = apply_lora(model, spec, checkpointing=checkpointing)  # type: ignore[assignment]
     return SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=processing,
                       callbacks=list(callbacks))
 
