@@ -29,6 +29,9 @@ from mmsearch_gym.policies import interleave_images, text_only_content
 from mmsearch_gym.stopping import cut_at_stop, first_stop_end
 
 if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, ProcessorMixin, StoppingCriteria
+
     from mmsearch_gym.policies import EpisodeView
 
 __all__ = ["TransformersPolicy", "cut_at_stop", "make_stop_criteria"]
@@ -37,7 +40,8 @@ MAX_IMAGE_PIXELS = 672 * 672
 """MMSearch-R1 feeds images of at most 672x672 pixels; larger ones are scaled down."""
 
 
-def make_stop_criteria(tokenizer: Any, stops: Sequence[Sequence[str]], prompt_length: int) -> Any:
+def make_stop_criteria(tokenizer: PreTrainedTokenizerBase, stops: Sequence[Sequence[str]],
+                       prompt_length: int) -> StoppingCriteria:
     """A ``transformers.StoppingCriteria`` that ends each sequence at its own closing tags.
 
     ``stops[i]`` are the stop strings of batch row ``i``. Each call decodes only the newest
@@ -52,7 +56,7 @@ def make_stop_criteria(tokenizer: Any, stops: Sequence[Sequence[str]], prompt_le
     window = longest + 4  # every token decodes to at least one character of an ASCII tag
 
     class _StopOnClosingTag(StoppingCriteria):
-        def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
             generated = input_ids[:, prompt_length:]
             tail = generated[:, -window:].tolist()
             texts = tokenizer.batch_decode(tail, skip_special_tokens=False)
@@ -85,7 +89,7 @@ class TransformersPolicy:
     are dropped when the completion is decoded.
     """
 
-    def __init__(self, model: Any, processor: Any, *, max_new_tokens: int = 256, temperature: float = 0.0,
+    def __init__(self, model: PreTrainedModel, processor: PreTrainedTokenizerBase | ProcessorMixin, *, max_new_tokens: int = 256, temperature: float = 0.0,
                  top_p: float = 1.0, seed: int = 0, batch_size: int = 8, image_placeholder: str = "[image]",
                  max_image_pixels: int | None = MAX_IMAGE_PIXELS,
                  chat_template_kwargs: dict[str, Any] | None = None, name: str | None = None) -> None:
@@ -121,7 +125,7 @@ class TransformersPolicy:
         model.eval()
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, device: str = "cpu", dtype: Any = None,
+    def from_pretrained(cls, path: str | Path, *, device: str = "cpu", dtype: str | torch.dtype | None = None,
                         trust_remote_code: bool = False, **kwargs: Any) -> TransformersPolicy:
         """Load a model directory (or a hub id, when the hub is reachable) and its processor.
 

@@ -27,8 +27,7 @@ search-required / search-free, tool results masked by TRL's ``assistant_only_los
 :mod:`.models`, :mod:`.trainers` and :mod:`.recipe` (:func:`train_recipe` runs the
 ``policies/*.json`` recipes ``sft``, ``grpo``, ``sft+grpo``).
 
-This package and :mod:`mmsearch_gym.integrations.tiny_models`' caller are the only places that
-import trl.
+This package is the only one that imports trl.
 """
 
 from __future__ import annotations
