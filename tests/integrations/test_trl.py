@@ -30,7 +30,7 @@ from mmsearch_gym.errors import ConfigError, DataError  # noqa: E402
 from mmsearch_gym.integrations import trl as T  # noqa: E402
 from mmsearch_gym.integrations.tiny_models import TAG_TOKENS, load_tiny_model  # noqa: E402
 from mmsearch_gym.integrations.trl.data import _text_of  # noqa: E402
-from mmsearch_gym.integrations.trl.generation import _action_text, _cut_at_stop  # noqa: E402
+from mmsearch_gym.integrations.trl.generation import _action_text, _cut_at_stop, _cut_turn  # noqa: E402
 from mmsearch_gym.integrations.trl.lora import LoraSpec, trainable_parameters  # noqa: E402
 from mmsearch_gym.integrations.trl.recipe import _RECIPE_KEYS  # noqa: E402
 from mmsearch_gym.search.base import MemoryBackend  # noqa: E402
@@ -702,6 +702,18 @@ def test_action_text_ends_at_the_first_stop(pieces: list[str]) -> None:
     full = "".join(pieces)
     ends = [full.find(s) + len(s) for s in stops if s in full]
     assert text == (full[:min(ends)] if ends else full)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.sampled_from(["a", " b", "</answer>", "</search>", "<answer>", "x", "</text_search>"]),
+                max_size=12))
+def test_cut_turn_gives_the_cut_tokens_and_their_action_text(pieces: list[str]) -> None:
+    tokenizer = _tokenizer()
+    ids = tokenizer("".join(pieces), add_special_tokens=False)["input_ids"]
+    stops = get_dialect("mmsearch-r1").stop_sequences
+    cut, _, text = _cut_turn(tokenizer, ids, None, stops, 100)
+    assert cut == _cut_at_stop(tokenizer, ids, None, stops, 100)[0]
+    assert text == _action_text(tokenizer, cut, stops)
 
 
 _TOKENIZER: list[Any] = []

@@ -158,23 +158,41 @@ def _tool_turn_ids(processing: Processing, result: str, *, ends_with_eos: bool) 
     return ids
 
 
-def _cut_at_stop(tokenizer: PreTrainedTokenizerBase, ids: list[int], logps: list[float] | None,
-                 stops: Sequence[str], limit: int) -> tuple[list[int], list[float] | None]:
-    """Keep tokens up to (and including) the one that completes the first stop string.
+def _decoder(tokenizer: PreTrainedTokenizerBase) -> Callable[[Sequence[int]], str]:
+    """``tokenizer.decode(ids, skip_special_tokens=True)``, straight through a fast tokenizer's
+    Rust core when that gives the same text (no clean-up pass): the Python wrapper's per-id
+    checks cost more than the decoding itself on long turns."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and not getattr(tokenizer, "clean_up_tokenization_spaces", False):
+        return lambda ids: backend.decode(list(ids), skip_special_tokens=True)
+    return lambda ids: tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
+def _cut_turn(tokenizer: PreTrainedTokenizerBase, ids: list[int], logps: list[float] | None,
+              stops: Sequence[str], limit: int) -> tuple[list[int], list[float] | None, str]:
+    """A generated turn cut after the token that completes its first stop string, and its text.
 
     Linear in the turn length (:func:`mmsearch_gym.stopping.first_stop_token`), not one decode
-    of the growing prefix per token.
+    of the growing prefix per token; the text is the env's action (cut at the stop string).
     """
     ids = ids[:max(0, limit)]
     if logps is not None:
         logps = logps[:len(ids)]
-    found = first_stop_token(ids, lambda part: tokenizer.decode(part, skip_special_tokens=True), stops)
+    decode = _decoder(tokenizer)
+    found = first_stop_token(ids, decode, stops)
     if found is None:
-        return ids, logps
-    k = found[0]
-    return ids[:k], (logps[:k] if logps is not None else None)
+        return ids, logps, decode(ids)
+    k, text = found
+    return ids[:k], (logps[:k] if logps is not None else None), cut_at_stop(text, stops)
+
+
+def _cut_at_stop(tokenizer: PreTrainedTokenizerBase, ids: list[int], logps: list[float] | None,
+                 stops: Sequence[str], limit: int) -> tuple[list[int], list[float] | None]:
+    """Keep tokens up to (and including) the one that completes the first stop string."""
+    ids, logps, _ = _cut_turn(tokenizer, ids, logps, stops, limit)
+    return ids, logps
 
 
 def _action_text(tokenizer: PreTrainedTokenizerBase, ids: list[int], stops: Sequence[str]) -> str:
     """The text the env is stepped with: the decoded turn, ending at its first closing tag."""
-    return cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stops)
+    return cut_at_stop(_decoder(tokenizer)(ids), stops)

@@ -29,8 +29,7 @@ from .generation import (
     Processing,
     Prompt,
     TurnOutput,
-    _action_text,
-    _cut_at_stop,
+    _cut_turn,
     _encode_prompt,
     _task_id_of,
     _tokenizer_of,
@@ -127,21 +126,20 @@ class MMSearchRollout:
             max_new = max(1, min(self.max_turn_tokens, max(room)))
             outputs = generate(active, max_new)
             for ep, left, (ids, logps) in zip(active, room, outputs):
-                ids, logps = _cut_at_stop(tokenizer, ids, logps, self.dialect.stop_sequences,
-                                          min(left, self.max_turn_tokens))
-                self._advance(ep, ids, logps, tokenizer, processing, budget)
+                ids, logps, text = _cut_turn(tokenizer, ids, logps, self.dialect.stop_sequences,
+                                             min(left, self.max_turn_tokens))
+                self._advance(ep, ids, logps, text, tokenizer, processing, budget)
         for ep in episodes:
             if not ep.done:  # out of turns on our side: the env decides what the episode earned
                 self._close(ep, tokenizer, finished=False)
         return episodes
 
     # -- one turn -------------------------------------------------------------------------
-    def _advance(self, ep: _Episode, ids: list[int], logps: list[float] | None,
+    def _advance(self, ep: _Episode, ids: list[int], logps: list[float] | None, text: str,
                  tokenizer: PreTrainedTokenizerBase, processing: Processing, budget: int) -> None:
         ep.completion_ids += ids
         ep.env_mask += [1] * len(ids)
         ep.logprobs += logps if logps is not None else [0.0] * len(ids)
-        text = _action_text(tokenizer, ids, self.dialect.stop_sequences)
         ep.turns.append(text)
         _obs, _reward, terminated, truncated, info = ep.env.step(text)
         ep.steps += 1
