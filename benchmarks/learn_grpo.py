@@ -77,11 +77,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(args.threads)  # tiny matrices: one thread beats two contended ones
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     from mmsearch_gym import cli
     from mmsearch_gym.actions import get_dialect
     from mmsearch_gym.evaluate import evaluate
     from mmsearch_gym.integrations import trl as T
+    from mmsearch_gym.integrations.trl.data import _text_of
+    from mmsearch_gym.integrations.trl.generation import _tokenizer_of
     from mmsearch_gym.integrations.tiny_models import load_tiny_model, pretrain_copying
 
     started = time.perf_counter()
@@ -110,7 +111,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                    balance=0.5 if len(categories) > 1 else None, images=vision,
                                    thumbnails=vision, system_prompt=system_prompt, work_dir=work / "teacher",
                                    seed=0, progress=args.progress)
-    texts = [T._text_of(m["content"]) for row in sft_data["messages"] for m in row]
+    texts = [_text_of(m["content"]) for row in sft_data["messages"] for m in row]
     names: list[str] = []
     if args.entity_tokens:  # the world's country names as single tokens: copying one symbol
         from mmsearch_gym.world import load_knowledge
@@ -125,7 +126,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     copy_curve: list[dict[str, float]] = []
     if args.copy_pretrain_steps:
         t = time.perf_counter()
-        copy_curve = pretrain_copying(model, T._tokenizer_of(tokenizer), steps=args.copy_pretrain_steps,
+        copy_curve = pretrain_copying(model, _tokenizer_of(tokenizer), steps=args.copy_pretrain_steps,
                                       progress=args.progress)
         timings["copy_pretrain_s"] = time.perf_counter() - t
         print(f"copy pretraining: copy accuracy {copy_curve[-1]['copy_accuracy']:.3f}", flush=True)

@@ -63,6 +63,7 @@ from mmsearch_gym.chat import (
 from mmsearch_gym.episode_view import EpisodeView, Step
 from mmsearch_gym.errors import ConfigError, MMSearchError
 from mmsearch_gym.search.base import Hit
+from mmsearch_gym.stopping import cut_at_stop  # re-exported: the one stop-string rule
 from mmsearch_gym.tasks import SEARCH_FREE, SceneObject, Task, TaskSet
 
 __all__ = [
@@ -93,21 +94,6 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------
 
 
-def cut_at_stop(text: str, stops: Sequence[str]) -> str:
-    """``text`` up to and including the earliest-ending stop sequence (unchanged if none occurs).
-
-    Generation stops only after a whole closing tag has been produced, and a batch keeps
-    decoding until its last sequence is done, so a finished sequence may carry a few extra
-    characters (or a tag completed inside a longer token); the action is what came before.
-    """
-    best = -1
-    for stop in stops:
-        if not stop:
-            continue
-        at = text.find(stop)
-        if at != -1 and (best == -1 or at + len(stop) < best):
-            best = at + len(stop)
-    return text if best == -1 else text[:best]
 
 
 class PolicyError(MMSearchError):

@@ -24,9 +24,14 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from mmsearch_gym.errors import ConfigError
-from mmsearch_gym.policies import cut_at_stop, interleave_images, text_only_content
+from mmsearch_gym.integrations.hf import load_pretrained, resolve_dtype
+from mmsearch_gym.policies import interleave_images, text_only_content
+from mmsearch_gym.stopping import cut_at_stop, first_stop_end
 
 if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, ProcessorMixin, StoppingCriteria
+
     from mmsearch_gym.policies import EpisodeView
 
 __all__ = ["TransformersPolicy", "cut_at_stop", "make_stop_criteria"]
@@ -35,7 +40,8 @@ MAX_IMAGE_PIXELS = 672 * 672
 """MMSearch-R1 feeds images of at most 672x672 pixels; larger ones are scaled down."""
 
 
-def make_stop_criteria(tokenizer: Any, stops: Sequence[Sequence[str]], prompt_length: int) -> Any:
+def make_stop_criteria(tokenizer: PreTrainedTokenizerBase, stops: Sequence[Sequence[str]],
+                       prompt_length: int) -> StoppingCriteria:
     """A ``transformers.StoppingCriteria`` that ends each sequence at its own closing tags.
 
     ``stops[i]`` are the stop strings of batch row ``i``. Each call decodes only the newest
@@ -50,11 +56,11 @@ def make_stop_criteria(tokenizer: Any, stops: Sequence[Sequence[str]], prompt_le
     window = longest + 4  # every token decodes to at least one character of an ASCII tag
 
     class _StopOnClosingTag(StoppingCriteria):
-        def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
             generated = input_ids[:, prompt_length:]
             tail = generated[:, -window:].tolist()
             texts = tokenizer.batch_decode(tail, skip_special_tokens=False)
-            done = [any(s in text for s in row) for text, row in zip(texts, stops)]
+            done = [first_stop_end(text, row) is not None for text, row in zip(texts, stops)]
             return torch.tensor(done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
 
     return _StopOnClosingTag()
@@ -83,7 +89,7 @@ class TransformersPolicy:
     are dropped when the completion is decoded.
     """
 
-    def __init__(self, model: Any, processor: Any, *, max_new_tokens: int = 256, temperature: float = 0.0,
+    def __init__(self, model: PreTrainedModel, processor: PreTrainedTokenizerBase | ProcessorMixin, *, max_new_tokens: int = 256, temperature: float = 0.0,
                  top_p: float = 1.0, seed: int = 0, batch_size: int = 8, image_placeholder: str = "[image]",
                  max_image_pixels: int | None = MAX_IMAGE_PIXELS,
                  chat_template_kwargs: dict[str, Any] | None = None, name: str | None = None) -> None:
@@ -119,7 +125,7 @@ class TransformersPolicy:
         model.eval()
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, device: str = "cpu", dtype: Any = None,
+    def from_pretrained(cls, path: str | Path, *, device: str = "cpu", dtype: str | torch.dtype | None = None,
                         trust_remote_code: bool = False, **kwargs: Any) -> TransformersPolicy:
         """Load a model directory (or a hub id, when the hub is reachable) and its processor.
 
@@ -133,20 +139,10 @@ class TransformersPolicy:
             where = str(Path(where).expanduser())
         elif where.startswith((".", "/", "~")):
             raise ConfigError(f"model directory {where} does not exist")
-        if isinstance(dtype, str) and dtype != "auto":
-            if not isinstance(getattr(torch, dtype, None), torch.dtype):
-                raise ConfigError(f"unknown dtype {dtype!r}; use float32, bfloat16, float16 or auto")
-            dtype = getattr(torch, dtype)
+        dtype = resolve_dtype(dtype)
         if dtype is None:
             dtype = torch.float32 if str(device).startswith("cpu") else "auto"
-        if (Path(where) / "mmsearch_tiny.json").exists():  # a tiny model (its VLM processor is image-only)
-            from mmsearch_gym.integrations.tiny_models import load_tiny_model
-
-            model, processor = load_tiny_model(where)
-            if isinstance(dtype, torch.dtype):
-                model.to(dtype)  # type: ignore[arg-type]
-        else:
-            model, processor = _load_hf(where, dtype, trust_remote_code)
+        model, processor = load_pretrained(where, dtype=dtype, trust_remote_code=trust_remote_code)
         model.to(device)  # type: ignore[arg-type]
         kwargs.setdefault("name", f"transformers:{path}")
         return cls(model, processor, **kwargs)
@@ -284,32 +280,3 @@ class TransformersPolicy:
     def __repr__(self) -> str:
         kind = "VLM" if self.is_vlm else "LM"
         return f"TransformersPolicy({self.name!r}, {kind}, max_new_tokens={self.max_new_tokens})"
-
-
-def _load_hf(where: str, dtype: Any, trust_remote_code: bool) -> tuple[Any, Any]:
-    """``(model, processor)`` from a transformers directory or hub id: a VLM with its processor,
-    else a causal LM with its tokenizer."""
-    from transformers import AutoModelForCausalLM, AutoProcessor, AutoTokenizer
-
-    try:
-        processor = AutoProcessor.from_pretrained(where, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, TypeError, KeyError, ImportError):
-        # e.g. a VLM processor that wants torchvision for video: build the processor
-        # yourself (an image-only subclass) and use TransformersPolicy(model, processor)
-        processor = None
-    try:
-        if processor is not None and getattr(processor, "image_processor", None) is not None:
-            from transformers import AutoModelForImageTextToText
-            model = AutoModelForImageTextToText.from_pretrained(
-                where, dtype=dtype, trust_remote_code=trust_remote_code)
-        else:
-            if processor is None or getattr(processor, "tokenizer", None) is not None:
-                processor = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
-            model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, trust_remote_code=trust_remote_code)
-    except ValueError as err:  # e.g. a VLM whose processor could not be loaded above
-        raise ConfigError(f"cannot load {where} as a causal LM ({err.__class__.__name__}); for a VLM "
-                          "whose processor needs torchvision, build an image-only processor and use "
-                          "TransformersPolicy(model, processor)") from None
-    except OSError as err:
-        raise ConfigError(f"cannot load a model from {where}: {err}") from err
-    return model, processor

@@ -128,6 +128,25 @@ def test_same_seed_same_observations(tiny_tasks, memory_backend, seed: int, acti
         assert rest_a == rest_b
 
 
+def test_decision_env_is_a_gymnasium_wrapper_and_vectorises(tiny_tasks, memory_backend) -> None:
+    import gymnasium as gym
+    from stable_baselines3.common.monitor import Monitor
+
+    from mmsearch_gym.integrations.sb3 import make_vec_env
+
+    env = wrapper(tiny_tasks, memory_backend)
+    assert isinstance(env, gym.Wrapper) and isinstance(env.unwrapped, MMSearchEnv)
+    assert env.mmsearch_env is env.unwrapped
+    venv = make_vec_env(lambda: wrapper(tiny_tasks, memory_backend), 2, seed=3)
+    try:
+        assert venv.num_envs == 2 and all(isinstance(e, Monitor) for e in venv.envs)
+        first = venv.reset()
+        venv.seed(3)
+        assert np.array_equal(first, venv.reset())  # seeded: the same tasks again
+    finally:
+        venv.close()
+
+
 def test_hashed_bag_is_stable() -> None:
     # blake2b buckets, not hash(): identical in every process
     bag = hashed_bag("Which country's flag is shown at the top right?", 128)
@@ -365,7 +384,7 @@ def _world_env(tasks: TaskSet, engine) -> SearchDecisionEnv:
 
 def _decisions_for_plan(env: SearchDecisionEnv, index: int) -> list[int]:
     """The decisions that carry out a task's oracle plan (a crop: the target grounding to its box)."""
-    task = env.base.tasks[index]
+    task = env.unwrapped.tasks[index]
     out = []
     for step in task.meta["oracle_plan"]:
         if step["tool"] == "answer":

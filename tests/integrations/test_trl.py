@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,12 +29,14 @@ from mmsearch_gym.env import MMSearchEnv  # noqa: E402
 from mmsearch_gym.errors import ConfigError, DataError  # noqa: E402
 from mmsearch_gym.integrations import trl as T  # noqa: E402
 from mmsearch_gym.integrations.tiny_models import TAG_TOKENS, load_tiny_model  # noqa: E402
+from mmsearch_gym.integrations.trl.data import _text_of  # noqa: E402
+from mmsearch_gym.integrations.trl.generation import _action_text, _cut_at_stop, _cut_turn  # noqa: E402
+from mmsearch_gym.integrations.trl.lora import LoraSpec, trainable_parameters  # noqa: E402
+from mmsearch_gym.integrations.trl.recipe import _RECIPE_KEYS  # noqa: E402
 from mmsearch_gym.search.base import MemoryBackend  # noqa: E402
 from mmsearch_gym.tasks import SceneObject, Task, TaskSet  # noqa: E402
 
 from fixture_world import france_backend, scene_png  # noqa: E402
-
-os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,6 +337,23 @@ def test_grpo_rollout_route_runs_the_env(sft_models: dict[str, Path], tmp_path: 
     assert max(h.get("mmsearch/format_rate", 0.0) for h in trainer.state.log_history) > 0  # SFT taught it
 
 
+def test_grpo_trainer_leaves_the_process_environment_alone(sft_models: dict[str, Path], tmp_path: Path) -> None:
+    """TRL's "experimental feature" notice is silenced for the trainer's construction only."""
+    saved = os.environ.pop("TRL_EXPERIMENTAL_SILENCE", None)
+    try:
+        model, tokenizer = load_tiny_model(sft_models["rollout"])
+        env = make_env("mmsearch-r1")
+        data = T.to_dataset(env.tasks, system_prompt=short_prompt("mmsearch-r1"))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            T.make_grpo_trainer(model, tokenizer, env, data, route="rollout", args=_grpo_args(), output_dir=tmp_path)
+        assert "TRL_EXPERIMENTAL_SILENCE" not in os.environ
+        assert not [w for w in caught if "experimental feature" in str(w.message)]
+    finally:
+        if saved is not None:
+            os.environ["TRL_EXPERIMENTAL_SILENCE"] = saved
+
+
 def test_rollout_groups_share_a_task(sft_models: dict[str, Path]) -> None:
     """Each prompt (repeated num_generations times by TRL) resets its env on its own task."""
     env = make_env("mmsearch-r1")
@@ -496,7 +516,7 @@ def _vlm_after_sft(route: str, work: Path, steps: int) -> tuple[Any, Any]:
     assert [len(images) for images in data["images"]] == [
         1 + sum(1 for m in row[2:] if m["role"] == "user" and any(b["type"] == "image" for b in m["content"]))
         for row in data["messages"]]
-    texts = [T._text_of(m["content"]) for row in data["messages"] for m in row]
+    texts = [_text_of(m["content"]) for row in data["messages"] for m in row]
     path = T.make_tiny_model(work / "init", kind="vlm", tasks=make_tasks(), texts=texts, vocab_size=768)
     model, processor = load_tiny_model(path)
     T.make_sft_trainer(model, processor, data, output_dir=work / "run", args={
@@ -516,6 +536,60 @@ def _image_tokens_match(batch: dict[str, Any], processor: Any) -> None:
         assert (ids[row] == image_token).sum().item() == sum(features[start:start + count])
         start += count
     assert start == len(features)
+
+
+def _tiny_vlm_and_data(work: Path) -> tuple[Any, Any, Any]:
+    data = T.build_sft_dataset(env=make_env("mmsearch-r1"), policy="oracle", images=True, thumbnails=True,
+                               system_prompt=short_prompt("mmsearch-r1"), work_dir=work, progress=False,
+                               policy_kwargs={"reader": TinyReader()})
+    texts = [_text_of(m["content"]) for row in data["messages"] for m in row]
+    model, processor = load_tiny_model(T.make_tiny_model(work / "init", kind="vlm", tasks=make_tasks(), texts=texts,
+                                                         vocab_size=768))
+    return model, processor, data
+
+
+_SFT_ARGS = {"max_steps": 3, "learning_rate": 1e-2, "per_device_train_batch_size": 4, "lr_scheduler_type": "constant",
+             "logging_steps": 3, "seed": 0, "disable_tqdm": True}
+
+
+def _snapshot(model: Any) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def test_sft_freezing_the_vision_side_trains_only_the_language_model(tmp_path: Path) -> None:
+    model, processor, data = _tiny_vlm_and_data(tmp_path)
+    total = sum(p.numel() for p in model.parameters())
+    vision = sum(p.numel() for name, p in model.named_parameters() if ".visual." in f".{name}")
+    assert 0 < vision < total
+    before = _snapshot(model)
+    trainer = T.make_sft_trainer(model, processor, data, output_dir=tmp_path / "run", args=_SFT_ARGS,
+                                 freeze_vision=True)
+    assert trainable_parameters(trainer.model) == total - vision
+    trainer.train()
+    after = _snapshot(trainer.model)
+    assert all(torch.equal(before[n], after[n]) for n in before if ".visual." in f".{n}")  # projector included
+    assert any(not torch.equal(before[n], after[n]) for n in before if ".visual." not in f".{n}")
+
+
+def test_sft_with_lora_trains_only_adapters_on_the_language_model(tmp_path: Path) -> None:
+    model, processor, data = _tiny_vlm_and_data(tmp_path)
+    spec = LoraSpec(r=4, alpha=8, target_modules=("q_proj", "v_proj"))
+    expected = sum(spec.r * (m.in_features + m.out_features) for name, m in model.named_modules()
+                   if name.rsplit(".", 1)[-1] in spec.target_modules and ".visual." not in f".{name}.")
+    before = _snapshot(model)
+    trainer = T.make_sft_trainer(model, processor, data, output_dir=tmp_path / "run", args=_SFT_ARGS,
+                                 lora={"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+                                 freeze_vision=True)
+    assert expected > 0 and trainable_parameters(trainer.model) == expected
+    trainer.train()
+    merged = trainer.model.merge_and_unload()
+    after = _snapshot(merged)
+    assert after.keys() == before.keys()  # a plain model again, same weights by name
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert changed and all(n.rsplit(".", 2)[-2] in spec.target_modules for n in changed)
+    assert not any(".visual." in f".{n}" for n in changed)
+    with pytest.raises(ConfigError, match="unknown lora fields"):
+        LoraSpec.from_json({"rank": 8})
 
 
 @pytest.mark.slow
@@ -572,7 +646,7 @@ def test_shipped_recipes_are_valid(name: str, tmp_path: Path) -> None:
 
     recipe = load_recipe(name)
     assert recipe["trainer"] in ("sft", "grpo", "sft+grpo") and recipe["description"]
-    assert set(recipe) <= T._RECIPE_KEYS
+    assert set(recipe) <= _RECIPE_KEYS
     cpu = {"bf16": False, "use_cpu": True, "output_dir": str(tmp_path)}
     if "grpo" in recipe:
         config = GRPOConfig(**{**recipe["grpo"], **cpu})
@@ -623,11 +697,23 @@ def test_action_text_ends_at_the_first_stop(pieces: list[str]) -> None:
     tokenizer = _tokenizer()
     ids = tokenizer("".join(pieces), add_special_tokens=False)["input_ids"]
     stops = get_dialect("mmsearch-r1").stop_sequences
-    cut, _ = T._cut_at_stop(tokenizer, ids, None, stops, 100)
-    text = T._action_text(tokenizer, cut, stops)
+    cut, _ = _cut_at_stop(tokenizer, ids, None, stops, 100)
+    text = _action_text(tokenizer, cut, stops)
     full = "".join(pieces)
     ends = [full.find(s) + len(s) for s in stops if s in full]
     assert text == (full[:min(ends)] if ends else full)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.sampled_from(["a", " b", "</answer>", "</search>", "<answer>", "x", "</text_search>"]),
+                max_size=12))
+def test_cut_turn_gives_the_cut_tokens_and_their_action_text(pieces: list[str]) -> None:
+    tokenizer = _tokenizer()
+    ids = tokenizer("".join(pieces), add_special_tokens=False)["input_ids"]
+    stops = get_dialect("mmsearch-r1").stop_sequences
+    cut, _, text = _cut_turn(tokenizer, ids, None, stops, 100)
+    assert cut == _cut_at_stop(tokenizer, ids, None, stops, 100)[0]
+    assert text == _action_text(tokenizer, cut, stops)
 
 
 _TOKENIZER: list[Any] = []

@@ -1,0 +1,239 @@
+"""The ``rollout_func`` route: multi-turn MMSearchEnv episodes generated for GRPO.
+
+Generate until a closing tag of the dialect, step the env, append the tool result as a user
+turn rendered with the chat template, go on until the episode ends. Tokens the model sampled
+get ``env_mask`` 1; tool results and the chat-template glue around them get 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+from transformers import PreTrainedTokenizerBase
+from trl import GRPOTrainer
+from trl.models import unwrap_model_for_generation
+
+from mmsearch_gym.actions import Dialect, Invalid, get_dialect
+from mmsearch_gym.env import MMSearchEnv
+from mmsearch_gym.errors import ConfigError
+from mmsearch_gym.policies import text_only_content
+from mmsearch_gym.reward import RewardBreakdown
+
+from .envs import EnvSource, _EnvPool, _searches_run, env_factory
+from .generation import (
+    Generate,
+    Processing,
+    Prompt,
+    TurnOutput,
+    _cut_turn,
+    _encode_prompt,
+    _task_id_of,
+    _tokenizer_of,
+    _tool_turn_ids,
+    hf_generate,
+)
+
+
+@dataclass
+class _Episode:
+    """One rollout: token bookkeeping plus the env that plays it."""
+
+    env: MMSearchEnv
+    task_id: str
+    prompt_ids: list[int]
+    images: list[Image.Image] | None
+    vision: dict[str, torch.Tensor] = field(default_factory=dict)
+    completion_ids: list[int] = field(default_factory=list)
+    env_mask: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    observations: list[str] = field(default_factory=list)
+    """The tool-result texts that entered the completion (masked tokens), in order."""
+    turns: list[str] = field(default_factory=list)
+    steps: int = 0
+    done: bool = False
+    finished: bool = False
+    """True when the env itself ended the episode (answer or limit), False when tokens ran out."""
+    breakdown: RewardBreakdown | None = None
+    tool_calls: dict[str, int] = field(default_factory=lambda: {"image_search": 0, "text_search": 0})
+    """Searches the env ran (sent to its backend) in this episode."""
+    invalid_turns: int = 0
+
+
+class MMSearchRollout:
+    """A TRL ``rollout_func`` playing multi-turn MMSearchEnv episodes (see :func:`make_rollout_func`)."""
+
+    __name__ = "mmsearch_rollout"
+
+    def __init__(self, env: EnvSource, *, dialect: str | Dialect | None = None,
+                 max_turns: int | None = None, max_turn_tokens: int = 256,
+                 generation_kwargs: Mapping[str, Any] | None = None, **env_kwargs: Any) -> None:
+        self.pool = _EnvPool(env_factory(env, **env_kwargs))
+        sample = self.pool.first()
+        self.dialect = get_dialect(dialect) if dialect is not None else sample.dialect
+        if self.dialect.name != sample.dialect.name:
+            raise ConfigError(f"the rollout dialect {self.dialect.name!r} differs from the env's "
+                              f"{sample.dialect.name!r}; build the env with dialect={self.dialect.name!r}")
+        self.max_turns = max_turns if max_turns is not None else sample.max_turns
+        if self.max_turns < 1 or max_turn_tokens < 1:
+            raise ConfigError("max_turns and max_turn_tokens must be >= 1")
+        self.max_turn_tokens = max_turn_tokens
+        self.generation_kwargs = dict(generation_kwargs or {})
+
+    # -- the TRL entry point ------------------------------------------------------------------
+    def __call__(self, prompts: list[list[dict[str, Any]]], trainer: GRPOTrainer) -> dict[str, Any]:
+        use_vllm = bool(getattr(trainer, "use_vllm", False))
+        generate: Generate
+        if use_vllm:
+            def generate(batch: list[_Episode], max_new: int) -> list[TurnOutput]:
+                return self._generate_vllm(trainer, batch)
+        else:
+            def generate(batch: list[_Episode], max_new: int) -> list[TurnOutput]:
+                with (unwrap_model_for_generation(
+                        trainer.model_wrapped, trainer.accelerator,
+                        gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
+                        generation_kwargs=trainer.generation_kwargs,
+                        gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs) as model,
+                      torch.no_grad()):
+                    return hf_generate(model, trainer.processing_class, batch, max_new,
+                                       stops=self.dialect.stop_sequences,
+                                       generation_config=trainer.generation_config,
+                                       eos_token_ids=trainer.eos_token_ids, **self.generation_kwargs)
+        episodes = self.play(prompts, trainer.processing_class, generate,
+                             budget=int(trainer.max_completion_length))
+        return self._output(episodes, use_vllm)
+
+    def play(self, prompts: Sequence[Prompt], processing: Processing, generate: Generate,
+             *, budget: int) -> list[_Episode]:
+        """Play one episode per prompt with ``generate`` (a batch of episodes -> new token ids)."""
+        tokenizer = _tokenizer_of(processing)
+        envs = self.pool.take(len(prompts))
+        episodes = []
+        for prompt, env in zip(prompts, envs):
+            task_id = _task_id_of(prompt)
+            env.reset(options={"task_id": task_id})
+            prompt_ids, images, vision = _encode_prompt(processing, prompt)
+            episodes.append(_Episode(env=env, task_id=task_id, prompt_ids=prompt_ids, images=images,
+                                     vision=vision))
+        for _turn in range(self.max_turns):
+            active = [ep for ep in episodes if not ep.done]
+            if not active:
+                break
+            room = [budget - len(ep.completion_ids) for ep in active]
+            max_new = max(1, min(self.max_turn_tokens, max(room)))
+            outputs = generate(active, max_new)
+            for ep, left, (ids, logps) in zip(active, room, outputs):
+                ids, logps, text = _cut_turn(tokenizer, ids, logps, self.dialect.stop_sequences,
+                                             min(left, self.max_turn_tokens))
+                self._advance(ep, ids, logps, text, tokenizer, processing, budget)
+        for ep in episodes:
+            if not ep.done:  # out of turns on our side: the env decides what the episode earned
+                self._close(ep, tokenizer, finished=False)
+        return episodes
+
+    # -- one turn -------------------------------------------------------------------------
+    def _advance(self, ep: _Episode, ids: list[int], logps: list[float] | None, text: str,
+                 tokenizer: PreTrainedTokenizerBase, processing: Processing, budget: int) -> None:
+        ep.completion_ids += ids
+        ep.env_mask += [1] * len(ids)
+        ep.logprobs += logps if logps is not None else [0.0] * len(ids)
+        ep.turns.append(text)
+        _obs, _reward, terminated, truncated, info = ep.env.step(text)
+        ep.steps += 1
+        action = info.get("action")
+        ep.tool_calls = _searches_run(info)
+        if isinstance(action, Invalid):
+            ep.invalid_turns += 1
+        if terminated or truncated:
+            ep.breakdown = info["reward_breakdown"]
+            self._close(ep, tokenizer, finished=True)
+            return
+        result = text_only_content(info["messages"][-1]["content"])  # as SFT renders recorded results
+        glue = _tool_turn_ids(processing, result, ends_with_eos=bool(ids) and ids[-1] == tokenizer.eos_token_id)
+        if len(ep.completion_ids) + len(glue) >= budget:
+            self._close(ep, tokenizer, finished=False)
+            return
+        ep.observations.append(result)
+        ep.completion_ids += glue
+        ep.env_mask += [0] * len(glue)
+        ep.logprobs += [0.0] * len(glue)
+
+    def _close(self, ep: _Episode, tokenizer: PreTrainedTokenizerBase, *, finished: bool) -> None:
+        if ep.breakdown is None:
+            ep.breakdown = ep.env.score()
+        if finished and ep.completion_ids and ep.completion_ids[-1] != tokenizer.eos_token_id:
+            # the chat template's end of turn: not sampled, so masked; it tells TRL the
+            # completion ended (otherwise it counts as clipped)
+            ep.completion_ids.append(tokenizer.eos_token_id)
+            ep.env_mask.append(0)
+            ep.logprobs.append(0.0)
+        ep.finished = finished
+        ep.done = True
+
+    # -- generation backends ----------------------------------------------------------------
+    def _generate_vllm(self, trainer: GRPOTrainer,
+                       batch: list[_Episode]) -> list[TurnOutput]:
+        """One turn through TRL's vLLM helper (server or colocate mode); untested here (no GPU).
+
+        TRL syncs the weights before calling the rollout function; we only add the dialect's
+        stop strings to its sampling parameters and generate one continuation per episode.
+        """
+        generation = trainer.vllm_generation
+        generation.generation_kwargs.setdefault("stop", list(self.dialect.stop_sequences))
+        generation.generation_kwargs.setdefault("include_stop_str_in_output", True)
+        seqs = [ep.prompt_ids + ep.completion_ids for ep in batch]
+        images = [ep.images for ep in batch] if any(ep.images for ep in batch) else None
+        _, completion_ids, logprobs, _ = generation.generate(prompts=seqs, images=images, num_generations=1)
+        out = []
+        for ids, lps in zip(completion_ids, logprobs or [None] * len(completion_ids)):
+            flat = None if lps is None else [float("nan") if lp[0] is None else float(lp[0]) for lp in lps]
+            out.append((list(ids), flat))
+        return out
+
+    # -- output ---------------------------------------------------------------------------
+    def _output(self, episodes: list[_Episode], use_vllm: bool) -> dict[str, Any]:
+        return {
+            "prompt_ids": [ep.prompt_ids for ep in episodes],
+            "completion_ids": [ep.completion_ids for ep in episodes],
+            "logprobs": [ep.logprobs for ep in episodes] if use_vllm else None,
+            "env_mask": [ep.env_mask for ep in episodes],
+            "env_task_id": [ep.task_id for ep in episodes],
+            "env_reward": [float(ep.breakdown.reward) for ep in episodes],  # type: ignore[union-attr]
+            "reward_breakdown": [ep.breakdown.to_json() for ep in episodes],  # type: ignore[union-attr]
+            "env_steps": [ep.steps for ep in episodes],
+            "env_turns": [list(ep.turns) for ep in episodes],
+            "env_observations": [list(ep.observations) for ep in episodes],
+            "env_tool_calls": [dict(ep.tool_calls) for ep in episodes],
+            "env_invalid_turns": [ep.invalid_turns for ep in episodes],
+            "episode_finished": [ep.finished for ep in episodes],
+        }
+
+
+def make_rollout_func(env: EnvSource, dialect: str | Dialect | None = None,
+                      max_turns: int | None = None, *, max_turn_tokens: int = 256,
+                      generation_kwargs: Mapping[str, Any] | None = None,
+                      **env_kwargs: Any) -> MMSearchRollout:
+    """A TRL ``rollout_func(prompts, trainer) -> dict`` that plays MMSearchEnv episodes.
+
+    Args:
+        env: env id, env instance or factory (one env per concurrent episode; envs share the
+            task set and backend). The dataset must come from :func:`to_dataset` on the same
+            tasks (prompts carry the ``task_id`` the env is reset with).
+        dialect: must match the env's dialect (default: the env's).
+        max_turns: assistant turns per episode on our side (default: the env's limit, which
+            truncates the episode itself).
+        max_turn_tokens: new tokens per turn; the whole completion is bounded by the trainer's
+            ``max_completion_length`` (an episode that runs out is scored as the env would score
+            it if it ended there).
+        generation_kwargs: extra ``generate()`` arguments for the transformers backend.
+
+    The returned dict has ``prompt_ids``, ``completion_ids``, ``logprobs`` (vLLM only, else
+    None), ``env_mask`` and the extra keys ``env_task_id``, ``env_reward``, ``reward_breakdown``, ``env_steps``,
+    ``env_turns``, ``env_observations``, ``env_tool_calls``, ``env_invalid_turns`` and
+    ``episode_finished`` which TRL passes to the reward functions (see :func:`env_reward`).
+    """
+    return MMSearchRollout(env, dialect=dialect, max_turns=max_turns, max_turn_tokens=max_turn_tokens,
+                           generation_kwargs=generation_kwargs, **env_kwargs)
