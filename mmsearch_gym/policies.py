@@ -94,8 +94,6 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------
 
 
-
-
 class PolicyError(MMSearchError):
     """A policy could not produce actions for a reason outside the model's text (e.g. its model
     server kept failing). Model text itself never raises: the env turns it into Invalid."""
