@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from mmsearch_gym.errors import ConfigError
@@ -114,6 +114,12 @@ class RedisStore:
                 return self._remember(found)[1]
         return None
 
+    def _write_key(self, key: str, value: bytes) -> str:
+        """The full Redis key to write ``value`` under (its namespace comes from the value)."""
+        full = self._full(key, value)
+        assert full is not None  # with a value, _full always names a key
+        return full
+
     def _remember(self, raw: bytes | str) -> tuple[str, str]:
         full = raw.decode() if isinstance(raw, bytes) else raw
         key = full.rsplit(_ENTRY, 1)[1]
@@ -140,7 +146,7 @@ class RedisStore:
         if full is None:
             return None
         try:
-            value = self._client.get(full)
+            value = cast("bytes | None", self._client.get(full))
         except self._errors + (self._response_error,):
             with self._talking():
                 raise
@@ -149,14 +155,14 @@ class RedisStore:
         return value
 
     def put(self, key: str, value: bytes) -> None:
-        full = self._full(key, value)
+        full = self._write_key(key, value)
         with self._talking():
             self._client.set(full, value)
         if self._local is not None:
             self._local.put(key, value)
 
     def add(self, key: str, value: bytes) -> bool:
-        full = self._full(key, value)
+        full = self._write_key(key, value)
         with self._talking():
             stored = bool(self._client.set(full, value, nx=True))
         if stored and self._local is not None:
@@ -168,7 +174,7 @@ class RedisStore:
         with self._talking():
             pipe = self._client.pipeline(transaction=True)
             for key, value in items:
-                pipe.set(self._full(key, value), value)
+                pipe.set(self._write_key(key, value), value)
                 n += 1
             pipe.execute()
         if self._local is not None:
@@ -199,7 +205,9 @@ class RedisStore:
         with self._talking():
             pipe = self._client.pipeline(transaction=False)
             for key in keys:
-                pipe.strlen(self._full(key))
+                full = self._full(key)
+                if full is not None:
+                    pipe.strlen(full)
             return int(sum(pipe.execute()))
 
     def add_counts(self, hits: int, misses: int) -> None:

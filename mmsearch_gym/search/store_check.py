@@ -133,7 +133,7 @@ def repair_store(location: str | Path) -> RepairResult:
         removed, removed_bytes = 0, 0
         directory = getattr(store, "directory", None)
         for name in report.orphans if directory is not None else ():
-            path = directory / name
+            path = Path(str(directory)) / name
             with contextlib.suppress(OSError):
                 size = path.stat().st_size
                 path.unlink()

@@ -258,7 +258,8 @@ def render_scene(scene: Mapping[str, Any], knowledge: Knowledge | None = None) -
     background = scene["background"]
     if "photo" in background:
         photo = knowledge.image(background["photo"])
-        canvas = photo.crop(tuple(int(v) for v in background["crop"])).resize((width, height), _RESAMPLE)
+        x1, y1, x2, y2 = (int(v) for v in background["crop"])
+        canvas = photo.crop((x1, y1, x2, y2)).resize((width, height), _RESAMPLE)
     else:
         canvas = Image.new("RGB", (width, height), tuple(int(v) for v in background["color"]))
     for spec in scene.get("flags", ()):
@@ -426,7 +427,7 @@ class TaskGenerator:
             hw, hh = _rotated_half_extent(fw, fh, angle)
             cx = min(max(cx, hw + 2), width - hw - 2)
             cy = min(max(cy, hh + 2), height - hh - 2)
-            spec = {"entity": entity.id, "center": [_r(cx, 2), _r(cy, 2)], "size": [fw, fh],
+            spec: dict[str, Any] = {"entity": entity.id, "center": [_r(cx, 2), _r(cy, 2)], "size": [fw, fh],
                     "angle": angle, "jitter": self._jitter(rng)}
             box = _flag_box(spec["center"], spec["size"], angle, size)
             if position_name(box, size) != _cell_name((row, col)):
@@ -461,7 +462,7 @@ class TaskGenerator:
         angle = 0.0 if border == 0 else _r(rng.uniform(-4.0, 4.0), 2)
         colour = list(_BORDER_COLOURS[int(rng.integers(len(_BORDER_COLOURS)))])
         size = (fw + 2 * border, fh + 2 * border)
-        spec = {"entity": entity.id, "center": [size[0] / 2, size[1] / 2], "size": [fw, fh],
+        spec: dict[str, Any] = {"entity": entity.id, "center": [size[0] / 2, size[1] / 2], "size": [fw, fh],
                 "angle": angle, "jitter": self._jitter(rng, 0.1)}
         scene = {"size": list(size), "background": {"color": colour}, "flags": [spec],
                  "jpeg_quality": int(rng.integers(75, 96))}
@@ -472,9 +473,9 @@ class TaskGenerator:
 
     @staticmethod
     def _body(template: str, question: str, answers: Sequence[str], scene: dict,
-              objects: Sequence[SceneObject], plan: list[dict], **extra: Any) -> dict[str, Any]:
+              objects: Sequence[SceneObject], plan: Sequence[Mapping[str, Any]], **extra: Any) -> dict[str, Any]:
         body = {"template": template, "question": question, "answers": list(dict.fromkeys(answers)),
-                "scene": scene, "objects": [o.to_json() for o in objects], "oracle_plan": plan}
+                "scene": scene, "objects": [o.to_json() for o in objects], "oracle_plan": [dict(p) for p in plan]}
         body.update(extra)
         return body
 
@@ -527,7 +528,7 @@ class TaskGenerator:
         answers = entity.answers
         if _leaks(question, answers):
             raise _Retry()
-        plan = [{"tool": "image_search", "box": None}, {"tool": "answer"}]
+        plan: list[dict[str, Any]] = [{"tool": "image_search", "box": None}, {"tool": "answer"}]
         return self._body("image_search/country", question, answers, scene, objects, plan,
                           target={"entity": entity.id})
 
@@ -540,7 +541,7 @@ class TaskGenerator:
         answers = _with_variants(value)
         if _leaks(question, answers):
             raise _Retry()
-        plan = [{"tool": "image_search", "box": None},
+        plan: list[dict[str, Any]] = [{"tool": "image_search", "box": None},
                 {"tool": "text_search", "query": f"{entity.name} {FACT_LABELS[key]}"},
                 {"tool": "answer"}]
         return self._body(f"image_then_text/{key}", question, answers, scene, objects, plan,
@@ -609,7 +610,7 @@ class TaskGenerator:
             raise _Retry()
         scene = {"size": list(SCENE_SIZE), "background": self._background(rng, SCENE_SIZE), "flags": specs,
                  "jpeg_quality": int(rng.integers(75, 93))}
-        plan = [{"tool": "image_search", "box": list(objects[target].box)}, {"tool": "answer"}]
+        plan: list[dict[str, Any]] = [{"tool": "image_search", "box": list(objects[target].box)}, {"tool": "answer"}]
         return self._body(f"crop/{kind}", question, answers, scene, objects, plan,
                           target={"entity": target_entity.id, "expression": expression})
 
@@ -665,7 +666,8 @@ class TaskGenerator:
         size = SCENE_SIZE
         scene = {"size": list(size), "background": self._background(rng, size), "flags": [],
                  "jpeg_quality": int(rng.integers(75, 93))}
-        plan = [{"tool": "text_search", "query": f'{FACT_LABELS[bridge]} "{value}"'}, {"tool": "answer"}]
+        plan: list[dict[str, Any]] = [{"tool": "text_search", "query": f'{FACT_LABELS[bridge]} "{value}"'},
+                                      {"tool": "answer"}]
         return self._body(template, question, answers, scene, [], plan,
                           target={"entity": entity.id, "fact": asked, "bridge": bridge})
 
@@ -690,7 +692,7 @@ class TaskGenerator:
         size = SCENE_SIZE
         scene = {"size": list(size), "background": self._background(rng, size), "flags": [],
                  "jpeg_quality": int(rng.integers(75, 93))}
-        plan = [{"tool": "text_search", "query": f'{FACT_LABELS[bridge]} "{value}"'},
+        plan: list[dict[str, Any]] = [{"tool": "text_search", "query": f'{FACT_LABELS[bridge]} "{value}"'},
                 {"tool": "text_search", "query": f"{entity.name} {FACT_LABELS[asked]}"},
                 {"tool": "answer"}]
         return self._body(f"multi_hop/{asked}_by_{bridge}", question, answers, scene, [], plan,

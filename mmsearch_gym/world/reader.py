@@ -161,7 +161,7 @@ class EvidenceReader:
             asked = parsed.asked
             if found is not None and asked is not None and read_fact(found.snippet, FACT_LABELS[asked]) is None:
                 # Second hop: the bridge passage named the country but lacks the asked fact.
-                return f"{_subject(found)} {FACT_LABELS[parsed.asked]}"
+                return f"{_subject(found)} {FACT_LABELS[asked]}"
             return f'{FACT_LABELS[parsed.bridge]} "{parsed.bridge_value}"'
         entity = self.identify(hits)
         if entity is not None and parsed.asked is not None:
@@ -243,7 +243,7 @@ class EvidenceReader:
             if any(p is None for p in positions):
                 return None
             want = row.group(1)
-            count = sum(1 for p in positions if _row_of(p) == want)  # type: ignore[arg-type]
+            count = sum(1 for p in positions if p is not None and _row_of(p) == want)
             return str(count)
         if lower.startswith("how many flags"):
             return str(len(flags))
