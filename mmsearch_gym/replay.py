@@ -161,7 +161,7 @@ def _replay_factory(traj: Trajectory, env: Any, cassette: str | Path | None, cac
     if env is not None and not isinstance(env, (str, EnvFactory, Mapping)) and callable(env):
         if cassette is not None or cache_dir is not None or extra:
             raise ConfigError("a cassette, cache directory or overrides go with an env id; "
-                              "an env factory brings its own")
+                              "an env factory brings its own cache and arguments")
         return EnvFactory.create(env)
     record = traj.env
     if env is None:
