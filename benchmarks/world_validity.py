@@ -39,8 +39,9 @@ from mmsearch_gym.grounding import AnnotationGrounder
 from mmsearch_gym.search.base import Hit
 from mmsearch_gym.tasks import SEARCH_FREE, Task
 from mmsearch_gym.world.engine import WorldSearchEngine
-from mmsearch_gym.world.generator import CATEGORIES, MULTI_HOP, load_tasks
+from mmsearch_gym.world.generator import CATEGORIES, MULTI_HOP
 from mmsearch_gym.world.reader import EvidenceReader
+from mmsearch_gym.world.splits import load_tasks
 
 RESULTS = Path(__file__).resolve().parent / "results" / "world_validity.json"
 THRESHOLDS = {"oracle_min": 0.95, "no_search_max": 0.10, "crop_whole_identify_max": 0.30,

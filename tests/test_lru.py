@@ -34,7 +34,7 @@ def test_get_or_make_calls_make_once_per_resident_key() -> None:
 def test_render_cache_is_lru() -> None:
     from PIL import Image
 
-    from mmsearch_gym.world.generator import _RenderCache
+    from mmsearch_gym.world.scene import _RenderCache
 
     cache = _RenderCache(size=2)
     made: list[str] = []

@@ -13,9 +13,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     from mmsearch_gym.grounding import AnnotationGrounder
     from mmsearch_gym.world.engine import WorldSearchEngine
-    from mmsearch_gym.world.generator import CATEGORIES, TaskGenerator, load_tasks, render_scene
+    from mmsearch_gym.world.generator import CATEGORIES, TaskGenerator
     from mmsearch_gym.world.knowledge import Knowledge, load_knowledge
     from mmsearch_gym.world.reader import EvidenceReader
+    from mmsearch_gym.world.scene import render_scene
+    from mmsearch_gym.world.splits import load_tasks
 
 __all__ = [
     "CATEGORIES",
@@ -32,8 +34,8 @@ __all__ = [
 _WHERE = {
     "CATEGORIES": "mmsearch_gym.world.generator",
     "TaskGenerator": "mmsearch_gym.world.generator",
-    "load_tasks": "mmsearch_gym.world.generator",
-    "render_scene": "mmsearch_gym.world.generator",
+    "load_tasks": "mmsearch_gym.world.splits",
+    "render_scene": "mmsearch_gym.world.scene",
     "AnnotationGrounder": "mmsearch_gym.grounding",
     "EvidenceReader": "mmsearch_gym.world.reader",
     "Knowledge": "mmsearch_gym.world.knowledge",

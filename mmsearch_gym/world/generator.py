@@ -1,21 +1,22 @@
-"""The built-in world's task generator: seeded recipes and the scene renderer.
+"""The built-in world's task generator: seeded recipes.
 
 A *recipe* is a small JSON record that says everything about one task: the question, the gold
 answers, the scene (which background photo and crop, which flags where, their size, rotation
 and colour jitter, the JPEG quality), the scene annotations, the template and the oracle plan.
-The image is rendered from the recipe on demand (:func:`render_scene`), deterministically:
+The image is rendered from the recipe on demand (:func:`~mmsearch_gym.world.scene.render_scene`):
 every random number was drawn when the recipe was made, from the task's own
-``numpy.random.Generator``, and rendering uses fixed Pillow filters, so the same recipe gives
-the same pixels on every machine. The shipped test split is 1,000 recipes in
-``splits/test.jsonl``; the train split is generated on the fly from a seed, without limit.
+``numpy.random.Generator``. :mod:`mmsearch_gym.world.splits` holds the shipped test split
+and ``load_tasks``; the train split is generated on the fly from a seed, without limit.
 
-Five categories, each with a different best policy:
+Six categories, each with a different best policy:
 
 - ``search_free``: count / layout questions about flags on a photo; answer at once.
 - ``image_search``: one flag, "Which country's flag is this?"; search the image.
 - ``image_then_text``: one flag, a fact of its country; image search, then text search.
 - ``crop``: a photo with 2-4 small flags, one named by position or size; crop, then search.
-- ``text_only``: a multi-hop fact question over a neutral photo; text search.
+- ``text_only``: a fact question naming the country by another fact; one text search.
+- ``multi_hop``: the same, but the two facts sit in different passages; a text search, then
+  a refined one written from its result.
 
 Countries are split into train and test by a stable hash of their id (about 60/40), so no
 test entity is ever seen in training; photos (backgrounds) are shared.
@@ -23,39 +24,43 @@ test entity is ever seen in training; photos (backgrounds) are shared.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import io
 import itertools
 import json
-import math
 import re
-import sys
-import threading
 import unicodedata
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageEnhance
 
 from mmsearch_gym.errors import ConfigError, DataError
 from mmsearch_gym.grounding import AnnotationGrounder, position_name
-from mmsearch_gym.lru import LRU
-from mmsearch_gym.tasks import SEARCH_FREE, SceneObject, Task, TaskSet
+from mmsearch_gym.tasks import SEARCH_FREE, SceneObject, Task
 from mmsearch_gym.world.knowledge import FACT_LABELS, Entity, Knowledge, load_knowledge
 from mmsearch_gym.world.reader import FACT_NOUNS, number_words
+from mmsearch_gym.world.scene import (
+    _BORDER_COLOURS,
+    _RENDER_CACHE,
+    FLAG_ASPECT,
+    SCENE_SIZE,
+    _cell_name,
+    _flag_box,
+    _no_image,
+    _r,
+    _rotated_half_extent,
+    _row_word,
+    confusable_flags,
+    render_scene,
+)
 
 __all__ = [
     "CATEGORIES",
     "CORE_CATEGORIES",
     "MULTI_HOP",
     "RECIPE_FORMAT",
-    "TEST_SPLIT_PATH",
     "TaskGenerator",
     "entity_split",
-    "load_tasks",
     "render_scene",
     "task_from_recipe",
 ]
@@ -76,27 +81,7 @@ TRAIN_PERCENT = 60
 _SPLIT_SALT = "mmsearch-gym/world/split/v1"
 _SPLIT_CODES = {"train": 1, "test": 2}
 
-TEST_SPLIT_PATH = Path(__file__).resolve().parent / "splits" / "test.jsonl"
-TEST_SPLIT_SIZE = 1000
-"""Core tasks in the shipped test split (200 per core category)."""
-TEST_SPLIT_MULTI_HOP = 200
-"""multi_hop tasks appended after them (so the first 1,000 lines never changed)."""
-TEST_SPLIT_SEED = 2025
-DEFAULT_TRAIN_SIZE = 2000
 
-SCENE_SIZE = (640, 480)
-"""Width and height of photo scenes (search_free, crop, text_only)."""
-
-FLAG_ASPECT = 0.7
-"""Height / width of a pasted flag (the stored flags are 160 x 112)."""
-
-CONFUSABLE_COSINE = 0.97
-"""Flags whose image feature is this close to another flag's are never the flag to identify
-(Monaco / Indonesia, Chad / Romania ...): no reverse image search can tell them apart."""
-
-_RESAMPLE = Image.Resampling.BICUBIC
-_BORDER_COLOURS = ((255, 255, 255), (236, 236, 236), (200, 200, 200), (128, 128, 128),
-                   (64, 64, 64), (20, 20, 20), (245, 240, 225), (225, 232, 240))
 _CELLS = [(row, col) for row in range(3) for col in range(3)]
 _CORNER_CELLS = [(0, 0), (0, 2), (2, 0), (2, 2)]
 _ORDINALS = {1: "first", 2: "second", 3: "third", 4: "fourth"}
@@ -187,103 +172,6 @@ def _leaks(question: str, answers: Sequence[str], extra: Sequence[str] = ()) -> 
             if any(w.startswith(stem) for w in words):
                 return True
     return False
-
-
-def _r(x: float, digits: int = 3) -> float:
-    return float(round(float(x), digits))
-
-
-def _rotated_half_extent(w: float, h: float, angle: float) -> tuple[float, float]:
-    rad = math.radians(angle)
-    c, s = abs(math.cos(rad)), abs(math.sin(rad))
-    return (w * c + h * s) / 2, (w * s + h * c) / 2
-
-
-def _flag_box(center: Sequence[float], size: Sequence[int], angle: float,
-              canvas: Sequence[int]) -> tuple[int, int, int, int]:
-    """The annotated box of a pasted flag: the bounding box of its rotated rectangle."""
-    hw, hh = _rotated_half_extent(size[0], size[1], angle)
-    x1 = max(0, math.floor(center[0] - hw))
-    y1 = max(0, math.floor(center[1] - hh))
-    x2 = min(canvas[0], math.ceil(center[0] + hw))
-    y2 = min(canvas[1], math.ceil(center[1] + hh))
-    return x1, y1, x2, y2
-
-
-def _no_image() -> Image.Image:  # placeholder image for annotation-only checks
-    raise RuntimeError("annotation-only task has no image")
-
-
-def confusable_flags(knowledge: Knowledge, threshold: float = CONFUSABLE_COSINE) -> frozenset[str]:
-    """Ids of countries whose flag's feature is within ``threshold`` cosine of another's."""
-    countries = knowledge.countries()
-    index = {eid: i for i, eid in enumerate(knowledge.entities)}
-    rows = np.asarray(knowledge.features(), dtype=np.float64)[[index[c.id] for c in countries]]
-    rows = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
-    sims = rows @ rows.T
-    np.fill_diagonal(sims, -1.0)
-    return frozenset(c.id for c, best in zip(countries, sims.max(axis=1), strict=False) if best >= threshold)
-
-
-# --------------------------------------------------------------------------------------------
-# Rendering
-# --------------------------------------------------------------------------------------------
-
-
-def _paste_flag(canvas: Image.Image, flag: Image.Image, spec: Mapping[str, Any]) -> None:
-    width, height = (int(v) for v in spec["size"])
-    patch = flag.resize((width, height), _RESAMPLE)
-    brightness, contrast, saturation = (float(v) for v in spec.get("jitter", (1.0, 1.0, 1.0)))
-    patch = ImageEnhance.Brightness(patch).enhance(brightness)
-    patch = ImageEnhance.Contrast(patch).enhance(contrast)
-    patch = ImageEnhance.Color(patch).enhance(saturation)
-    angle = float(spec.get("angle", 0.0))
-    if angle:
-        patch = patch.convert("RGBA").rotate(angle, resample=_RESAMPLE, expand=True)
-    cx, cy = (float(v) for v in spec["center"])
-    offset = (round(cx - patch.width / 2), round(cy - patch.height / 2))
-    if patch.mode == "RGBA":
-        canvas.paste(patch.convert("RGB"), offset, patch.getchannel("A"))
-    else:
-        canvas.paste(patch, offset)
-
-
-def render_scene(scene: Mapping[str, Any], knowledge: Knowledge | None = None) -> Image.Image:
-    """Draw a recipe's scene: background (photo crop or plain colour), flags, JPEG round trip.
-
-    A pure function of ``scene`` and the world's pictures: fixed filters, no randomness.
-    """
-    knowledge = knowledge or load_knowledge()
-    width, height = (int(v) for v in scene["size"])
-    background = scene["background"]
-    if "photo" in background:
-        photo = knowledge.image(background["photo"])
-        x1, y1, x2, y2 = (int(v) for v in background["crop"])
-        canvas = photo.crop((x1, y1, x2, y2)).resize((width, height), _RESAMPLE)
-    else:
-        canvas = Image.new("RGB", (width, height), tuple(int(v) for v in background["color"]))
-    for spec in scene.get("flags", ()):
-        _paste_flag(canvas, knowledge.image(spec["entity"]), spec)
-    quality = scene.get("jpeg_quality")
-    if quality:
-        buf = io.BytesIO()
-        canvas.save(buf, format="JPEG", quality=int(quality))
-        canvas = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
-    return canvas
-
-
-class _RenderCache:
-    """A small LRU of rendered task images, so that reset() and the image searches of one
-    episode render the scene once."""
-
-    def __init__(self, size: int = 32) -> None:
-        self._items: LRU[str, Image.Image] = LRU(size)
-
-    def get(self, key: str, make: Callable[[], Image.Image]) -> Image.Image:
-        return self._items.get_or_make(key, make).copy()
-
-
-_RENDER_CACHE = _RenderCache()
 
 
 def task_from_recipe(recipe: Mapping[str, Any]) -> Task:
@@ -699,81 +587,6 @@ class TaskGenerator:
                           target={"entity": entity.id, "fact": asked, "bridge": bridge})
 
 
-def _cell_name(cell: tuple[int, int]) -> str:
-    """The position words of a grid cell (row, column), as :func:`position_name` writes them."""
-    row, col = cell
-    return position_name((col, row, col + 1, row + 1), (3, 3))
-
-
-def _row_word(position: str) -> str:
-    words = position.split()
-    return "top" if "top" in words else "bottom" if "bottom" in words else "middle"
-
-
-# --------------------------------------------------------------------------------------------
-# Loading
-# --------------------------------------------------------------------------------------------
-
-
-_GENERATOR: TaskGenerator | None = None
-_GENERATOR_LOCK = threading.Lock()
-
-
-def _generator() -> TaskGenerator:
-    global _GENERATOR
-    with _GENERATOR_LOCK:
-        if _GENERATOR is None:
-            _GENERATOR = TaskGenerator()
-        return _GENERATOR
-
-
-def read_recipes(path: Path) -> list[dict[str, Any]]:
-    """The recipes of a split file (one JSON object a line)."""
-    if not path.is_file():
-        raise DataError(f"the world's test split {path} is missing; regenerate it with "
-                        "`python -m mmsearch_gym.world.generator --write-test-split`")
-    recipes = []
-    with path.open("r", encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                recipe = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path} line {lineno}: not valid JSON ({exc.msg})") from None
-            if recipe.get("format") != RECIPE_FORMAT:
-                raise DataError(f"{path} line {lineno}: recipe format {recipe.get('format')!r}, "
-                                f"this version reads {RECIPE_FORMAT}; regenerate the split")
-            recipes.append(recipe)
-    return recipes
-
-
-def load_tasks(split: str = "test", n: int | None = None, seed: int = 0,
-               categories: Sequence[str] | None = None) -> TaskSet:
-    """The built-in world's tasks.
-
-    ``"test"``: the shipped fixed split (1,200 tasks, 200 per category, multi_hop last; the
-    first ``n`` if given; ``seed`` is ignored). ``"train"``: ``n`` tasks (default 2,000)
-    generated from ``seed`` on entities disjoint from the test split's, of the five core
-    categories unless ``categories`` names others (``multi_hop`` is opt-in there). ``categories`` keeps only tasks of
-    those categories (``n`` then counts those). Images render lazily on ``task.load_image()``.
-    """
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise ConfigError(f"n must be a positive int or None, got {n!r}")
-    wanted = _check_categories(categories)
-    suffix = "" if categories is None else "[" + ",".join(c for c in CATEGORIES if c in wanted) + "]"
-    if split == "test":
-        recipes = [r for r in read_recipes(TEST_SPLIT_PATH) if r["category"] in wanted]
-        if n is not None:
-            recipes = recipes[:n]
-        return TaskSet([task_from_recipe(r) for r in recipes], name="world-test" + suffix)
-    if split == "train":
-        count = DEFAULT_TRAIN_SIZE if n is None else n
-        recipes = _generator().recipes("train", count, seed, categories=categories)
-        return TaskSet([task_from_recipe(r) for r in recipes], name=f"world-train-s{seed}{suffix}")
-    raise ConfigError(f"unknown split {split!r}; the world has 'train' (generated) and 'test' (shipped)")
-
-
 def _check_categories(categories: Sequence[str] | None) -> set[str]:
     """The set of categories asked for (all when ``None``); an unknown or empty list is an error."""
     if categories is None:
@@ -784,44 +597,3 @@ def _check_categories(categories: Sequence[str] | None) -> set[str]:
     if unknown or not categories:
         raise ConfigError(f"categories must be a non-empty list of {list(CATEGORIES)}, got {list(categories)!r}")
     return set(categories)
-
-
-def write_test_split(path: Path = TEST_SPLIT_PATH, n: int = TEST_SPLIT_SIZE, seed: int = TEST_SPLIT_SEED,
-                     multi_hop: int = TEST_SPLIT_MULTI_HOP) -> Path:
-    """Regenerate the shipped test split (deterministic: same world, same file): ``n`` core
-    tasks, then ``multi_hop`` multi_hop tasks."""
-    generator = TaskGenerator()
-    recipes = generator.recipes("test", n, seed, progress=True, categories=CORE_CATEGORIES)
-    recipes += generator.recipes("test", multi_hop, seed, categories=[MULTI_HOP])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        for recipe in recipes:
-            handle.write(json.dumps(recipe, ensure_ascii=False, separators=(",", ":")) + "\n")
-    tmp.replace(path)
-    return path
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mmsearch_gym.world.generator",
-                                     description="Generate the built-in world's tasks.")
-    parser.add_argument("--write-test-split", action="store_true",
-                        help=f"rewrite the shipped test split ({TEST_SPLIT_PATH.name})")
-    parser.add_argument("--n", type=int, default=TEST_SPLIT_SIZE)
-    parser.add_argument("--multi-hop", type=int, default=TEST_SPLIT_MULTI_HOP)
-    parser.add_argument("--seed", type=int, default=TEST_SPLIT_SEED)
-    parser.add_argument("--out", type=Path, default=TEST_SPLIT_PATH)
-    args = parser.parse_args(argv)
-    if not args.write_test_split:
-        parser.print_help()
-        return 2
-    path = write_test_split(args.out, args.n, args.seed, args.multi_hop)
-    counts: dict[str, int] = {}
-    for recipe in read_recipes(path):
-        counts[recipe["category"]] = counts.get(recipe["category"], 0) + 1
-    print(f"wrote {sum(counts.values())} tasks to {path}: {counts}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

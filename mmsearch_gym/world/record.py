@@ -69,7 +69,7 @@ def record_cassette(out: Path, tasks: TaskSet | None = None, *, progress: bool =
     into a cassette at ``out``; with ``verify``, replay both from the cassette alone."""
     from mmsearch_gym.search.cache import SearchCache
     from mmsearch_gym.world.engine import WorldSearchEngine
-    from mmsearch_gym.world.generator import load_tasks
+    from mmsearch_gym.world.splits import load_tasks
 
     tasks = tasks if tasks is not None else load_tasks("test")
     engine = WorldSearchEngine.load()
@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="record only the first N test tasks")
     parser.add_argument("--no-verify", action="store_true", help="skip the strict replay check")
     args = parser.parse_args(argv)
-    from mmsearch_gym.world.generator import load_tasks
+    from mmsearch_gym.world.splits import load_tasks
 
     out = args.out if args.out is not None else default_cassette_path()
     report = record_cassette(out, load_tasks("test", n=args.limit), verify=not args.no_verify)

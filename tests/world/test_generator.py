@@ -19,16 +19,13 @@ from mmsearch_gym.world.generator import (
     CATEGORIES,
     CORE_CATEGORIES,
     MULTI_HOP,
-    TEST_SPLIT_PATH,
-    TEST_SPLIT_SEED,
     TaskGenerator,
     entity_split,
-    load_tasks,
-    read_recipes,
     render_scene,
     task_from_recipe,
 )
 from mmsearch_gym.world.knowledge import FACT_LABELS, load_knowledge, read_fact
+from mmsearch_gym.world.splits import TEST_SPLIT_PATH, TEST_SPLIT_SEED, load_tasks, read_recipes
 
 
 @pytest.fixture(scope="module")
@@ -87,10 +84,10 @@ def test_load_tasks_by_category() -> None:
 
 def test_shipped_split_matches_the_generator(generator: TaskGenerator, shipped: list[dict]) -> None:
     """The shipped file is what the generator makes from the current world (else regenerate
-    it with `python -m mmsearch_gym.world.generator --write-test-split`)."""
+    it with `python -m mmsearch_gym.world.splits --write-test-split`)."""
     for index in list(range(0, 1000, 37)) + [999]:
         assert generator.recipe("test", TEST_SPLIT_SEED, index) == shipped[index], (
-            "splits/test.jsonl is stale: run `python -m mmsearch_gym.world.generator --write-test-split`")
+            "splits/test.jsonl is stale: run `python -m mmsearch_gym.world.splits --write-test-split`")
     for index in (0, 57, 199):
         assert generator.recipe("test", TEST_SPLIT_SEED, index, MULTI_HOP) == shipped[1000 + index]
 

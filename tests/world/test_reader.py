@@ -7,8 +7,8 @@ import pytest
 from mmsearch_gym.search.base import Hit, ImageQuery
 from mmsearch_gym.tasks import SceneObject
 from mmsearch_gym.world.engine import WorldSearchEngine
-from mmsearch_gym.world.generator import load_tasks
 from mmsearch_gym.world.reader import EvidenceReader, number_words, parse_question
+from mmsearch_gym.world.splits import load_tasks
 
 THUMB = b"\x89PNG fake thumbnail"
 
