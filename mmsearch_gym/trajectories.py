@@ -6,35 +6,13 @@ checks that every observation, hit list and reward comes out identical; ``rescor
 the rewards of the recorded turns under another :class:`~mmsearch_gym.reward.RewardSpec`
 without an env or a search; ``render`` turns the file into an HTML report.
 
-Format (version 1; JSON Schema in ``docs/trajectory-schema.json``). UTF-8, one JSON object per
-line, no pickle anywhere::
-
-    {"schema": "mmsearch_gym.trajectory", "version": 1,
-     "episode": 0, "task_index": 0, "task_id": "...", "category": "crop",
-     "question": "...", "answers": ["gold", "alias"], "seed": 0, "policy": "rag",
-     "env": {"id": "MMSearch-v0" | null, "kwargs": {overrides given to gym.make},
-             "opaque_kwargs": [names of overrides that were objects, not JSON],
-             "dialect": "mmsearch-r1", "reward": RewardSpec.describe(),
-             "limits": {"max_turns", "image_search_budget", "text_search_budget", "top_k",
-                        "on_invalid", "min_crop_side", "image_size", "max_text_length"},
-             "backend": {"name", "version"},
-             "cache": {"mode", "dir", "name", "version", "params"} | null  (for reference;
-                      replay never reads a path or mode from the file),
-             "tasks": {"name", "size"}},
-     "image": {"digest": image_digest of the task image, "width", "height",
-               "thumbnail": null | {"mime": "image/jpeg" | "image/png", "width", "height",
-                                    "data": BASE64}},
-     "turns": [{"text": raw action text, "action": action_to_json(parsed action),
-                "observation": the env's text answer, "box": [x1, y1, x2, y2] | null,
-                "hits": [{"url", "title", "snippet", "score", "source",
-                          "thumbnail": null | {"digest": SHA256 of the bytes, "data": BASE64 | null}}],
-                "search_error": null | "...", "reward": step reward,
-                "terminated", "truncated",
-                "counts": {"image_searches", "text_searches", "invalid_turns"},
-                "timing": {"policy_s", "env_s"}}, ...],
-     "reward": RewardBreakdown.to_json(), "return": sum of step rewards,
-     "terminated": bool, "truncated": bool,
-     "timing": {"policy_s": sum over turns, "env_s": sum over turns, "reset_s": env.reset}}
+Format (version 1): UTF-8, one JSON object per line, no pickle anywhere; every field is
+described by the JSON Schema ``docs/trajectory-schema.json`` (the tests check records against
+it). An episode records its task (id, question, gold answers, image digest), the policy, the
+``env`` block (registered id, JSON overrides, dialect, reward spec, limits, backend, cache for
+reference only: replay never reads a path or mode from the file), every turn (raw text,
+parsed action, observation, box, hits, search error, step reward, flags, counters, timings) and
+the final reward breakdown.
 
 Images are referenced by content hash (:func:`mmsearch_gym.tasks.image_digest` for the task
 image, sha256 of the encoded bytes for result thumbnails). Pixels are embedded only when
