@@ -18,6 +18,8 @@ import argparse
 import sys
 from collections import Counter
 
+from mmsearch_gym.commands.components import add_component_flags
+
 HELP = "label tasks search-free / search-required by answering them k times without search"
 
 
@@ -31,6 +33,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="action grammar (default: the env's)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="env_set",
                         help="another env override, JSON value")
+    add_component_flags(parser)  # --backend, --judge, --summarizer, --grounder, as in eval
     parser.add_argument("--policy-set", action="append", default=[], metavar="KEY=VALUE", dest="policy_set",
                         help="a policy option, JSON value (e.g. --policy-set temperature=1.0)")
     parser.add_argument("-k", type=int, default=4, help="no-search answers per task (default 4)")

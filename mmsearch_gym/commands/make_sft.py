@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mmsearch_gym.commands.components import add_component_flags
+
 HELP = "build SFT data the DeepMMSearch-R1 way: teacher episodes, judged, balanced, topic-uniform"
 
 
@@ -33,6 +35,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="action grammar (default: the env's)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="env_set",
                         help="another env override, JSON value")
+    add_component_flags(parser)  # --backend, --judge, --summarizer, --grounder, as in eval
     parser.add_argument("--policy-set", action="append", default=[], metavar="KEY=VALUE", dest="policy_set",
                         help="a teacher option, JSON value")
     parser.add_argument("--labels", default=None, metavar="PATH",
