@@ -35,6 +35,7 @@ import platform
 import random
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -246,8 +247,8 @@ CONTENDERS = {"serial": ("local", 1), "local_pool_2": ("local", 2), "ray_2": ("r
 def measure_eval_rates(env: Any, episodes: int, repeats: int) -> dict[str, Any]:
     """Episodes/s of rag on ``env``: serial, 2 local worker processes, 2 and 1 Ray actors (interleaved).
 
-    Each contender plays ``episodes`` and a quarter of them; the difference of the two wall
-    times is the steady rate, free of start-up (``marginal_episodes_per_s``).
+    Each contender plays ``episodes`` and a quarter of them, back to back; the median difference
+    of the two wall times gives the steady rate, free of start-up (``marginal_episodes_per_s``).
     """
     small = max(1, episodes // 4)
     _eval_once(env, "local", 1, small)  # warms the search cache and the page cache
@@ -259,14 +260,16 @@ def measure_eval_rates(env: Any, episodes: int, repeats: int) -> dict[str, Any]:
                 walls[name][n].append(_eval_once(env, *CONTENDERS[name], n))
     out: dict[str, Any] = {"episodes": episodes, "small_episodes": small, "repeats": repeats}
     for name in CONTENDERS:
-        big, little = min(walls[name][episodes]), min(walls[name][small])
-        noisy = big <= little  # load drift swamped the difference: no marginal rate from this run
-        out[name] = {"episodes_per_s": round(episodes / big, 2),
-                     "marginal_episodes_per_s": None if noisy else round((episodes - small) / (big - little), 2),
-                     "start_up_s": None if noisy else round(max(0.0, little - small * (big - little)
-                                                                 / (episodes - small)), 3),
-                     "walls_s": [round(w, 3) for w in walls[name][episodes]],
-                     "small_walls_s": [round(w, 3) for w in walls[name][small]]}
+        big, little = walls[name][episodes], walls[name][small]
+        # the two runs of one repeat are adjacent in time: their difference is the least drifted
+        diff = statistics.median(b - s for b, s in zip(big, little, strict=True))
+        noisy = diff <= 0  # load drift swamped the difference: no marginal rate from this run
+        out[name] = {"episodes_per_s": round(episodes / min(big), 2),
+                     "marginal_episodes_per_s": None if noisy else round((episodes - small) / diff, 2),
+                     "start_up_s": None if noisy else round(max(0.0, statistics.median(little)
+                                                                 - small * diff / (episodes - small)), 3),
+                     "walls_s": [round(w, 3) for w in big], "small_walls_s": [round(w, 3) for w in little]}
+
     def ratio(a: float | None, b: float | None) -> float | None:
         return None if a is None or b is None else round(a / b, 2)
 
@@ -279,7 +282,7 @@ def measure_eval_rates(env: Any, episodes: int, repeats: int) -> dict[str, Any]:
     return out
 
 
-def eval_measurements(quick: bool) -> dict[str, Any]:
+def eval_measurements(quick: bool, delay_ms: float = 100.0) -> dict[str, Any]:
     """The ``eval_rate`` and ``eval_machine`` keys (a private search cache, a private Ray)."""
     import functools
 
@@ -287,8 +290,8 @@ def eval_measurements(quick: bool) -> dict[str, Any]:
 
     from mmsearch_gym.registration import make_env
 
-    episodes, slow_episodes, repeats = (40, 32, 1) if quick else (256, 128, 3)
-    delay_s = 0.025
+    episodes, slow_episodes, repeats = (40, 32, 1) if quick else (256, 64, 3)
+    delay_s = delay_ms / 1000
     slow = functools.partial(make_env, tasks="world:test", backend=SlowWorld(delay_s), cache=None)
     with tempfile.TemporaryDirectory(prefix="bench-scale-eval-") as tmp:
         previous = os.environ.get("MMSEARCH_GYM_CACHE")
@@ -313,14 +316,14 @@ def eval_measurements(quick: bool) -> dict[str, Any]:
                        "compare contenders within one run only"}
     return {"eval_machine": machine, "eval_rate": {
         "policy": "rag", "batch_size": 32,
-        "how": "contenders interleaved, best of the repeats; episodes_per_s: episodes / wall time, which "
-               "includes building the envs in the driver and in the worker processes or Ray actors, not "
-               "starting Ray itself (ray_start_s); marginal_episodes_per_s: (episodes - small_episodes) / "
-               "(their wall-time difference), the steady rate without start-up (start_up_s: the rest); "
+        "how": "contenders interleaved; episodes_per_s: episodes / best wall time, which includes building "
+               "the envs in the driver and in the worker processes or Ray actors, not starting Ray itself "
+               "(ray_start_s); marginal_episodes_per_s: (episodes - small_episodes) / the median over the "
+               "repeats of their wall-time difference, the steady rate without start-up (start_up_s: the rest); "
                "ray_dispatch_overhead_ms_per_episode: Ray with 1 actor minus serial, marginal, per episode",
         "mmsearch_v0": {"env": "MMSearch-v0 on a warm search cache (env work: about a millisecond a step)",
                         **world},
-        "latency_bound": {"env": f"MMSearch-v0's world search + {int(delay_s * 1000)} ms sleep per search, "
+        "latency_bound": {"env": f"MMSearch-v0's world search + {delay_ms:g} ms sleep per search, "
                                  "no cache (a stand-in for a web search's network wait)", **latency},
         "ray_empty_call_round_trip": round_trip,
         "ray_start_s": round(ray_start_s, 2),
@@ -346,10 +349,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="fewer queries and shorter runs (a smoke test)")
     parser.add_argument("--redis-url", default=None, help="use this server instead of starting one")
     parser.add_argument("--only", choices=("cache", "eval"), default=None, help="run one group of measurements")
+    parser.add_argument("--search-delay-ms", type=float, default=100.0,
+                        help="the latency-bound eval's sleep per search (default 100 ms; a web search takes ~1 s)")
     args = parser.parse_args(argv)
     updates: dict[str, Any] = {}
     if args.only != "cache":
-        updates.update(eval_measurements(args.quick))
+        updates.update(eval_measurements(args.quick, args.search_delay_ms))
     if args.only != "eval":
         updates.update(cache_measurements(args))
     write_results(updates)

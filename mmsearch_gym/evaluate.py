@@ -3,9 +3,10 @@
 ``evaluate(env, policy)`` wires three parts: the :class:`~mmsearch_gym.runner.EpisodeRunner`
 plays the episodes (episode ``i`` on ``task_index=i`` with reset seed ``seed + i``, batched
 ``policy.act`` calls, envs in this process, in ``workers`` processes or on ``workers`` Ray actors,
-the same numbers for any ``workers`` and executor), the :class:`~mmsearch_gym.trajectories.TrajectoryRecorder` turns its events into
-trajectory lines, and :mod:`mmsearch_gym.metrics` counts each ended episode
-(:class:`EpisodeResult`) and builds the table (:class:`Metrics`), overall and per task category.
+the same numbers for any ``workers`` and executor), the
+:class:`~mmsearch_gym.trajectories.TrajectoryRecorder` turns its events into trajectory lines,
+and :mod:`mmsearch_gym.metrics` counts each ended episode (:class:`EpisodeResult`) and builds the
+table (:class:`Metrics`), overall and per task category.
 
 The table's columns (the names of :mod:`mmsearch_gym.metrics`): ``acc %`` accuracy (correct
 before the search penalty), ``search %`` the share of episodes in which a search ran,

@@ -4,9 +4,9 @@ Episode ``i`` plays task index ``tasks[i]`` (``i`` by default) with reset seed `
 runner keeps up to ``batch_size`` episodes live, asks the policy for the next action of all of
 them in one batched ``policy.act`` call, and steps the envs in this process (``workers=1``), in
 ``workers`` worker processes, or wherever an ``executor`` puts them (Ray actors:
-:class:`mmsearch_gym.ray_runner.RayExecutor`). The schedule (which episodes are live together, in which order
-they reach the policy) depends only on ``batch_size`` and on how episodes end, never on
-``workers``; with a deterministic policy a parallel run yields exactly the events of a serial one.
+:class:`mmsearch_gym.ray_runner.RayExecutor`). The schedule (which episodes are live together, in
+which order they reach the policy) depends only on ``batch_size`` and on how episodes end, never on
+``workers`` or the executor; with a deterministic policy a parallel run yields exactly the events of a serial one.
 
 Workers never receive Task objects (the built-in world's tasks hold render closures): each
 rebuilds its envs from the factory and is told only task indices, seeds and action texts; it

@@ -23,7 +23,7 @@ from mmsearch_gym.evaluate import evaluate
 from mmsearch_gym.policies import make_policy
 from mmsearch_gym.ray_runner import RayExecutor
 from mmsearch_gym.registration import make_env
-from mmsearch_gym.runner import EpisodeEnd, EpisodeRunner, StepEvent
+from mmsearch_gym.runner import EpisodeRunner, StepEvent
 from mmsearch_gym.search.base import MemoryBackend
 from mmsearch_gym.search.cache import CacheMiss
 from mmsearch_gym.tasks import TaskSet
@@ -151,14 +151,15 @@ def test_cli_ray_flag_equals_serial(ray_cluster: str, tmp_path: Path, capsys: py
     """``eval --ray`` in this process (the Ray it joined) and ``--ray ADDRESS`` from another process."""
     common = ["eval", "--env", "MMSearch-v0", "--policy", "rag", "--episodes", "6", "--seed", "1", "--no-progress",
               "--per-episode"]
-    assert main([*common, "--json", str(tmp_path / "serial.json"), "--trajectories", str(tmp_path / "serial.jsonl")]) == 0
+    assert main([*common, "--json", str(tmp_path / "serial.json"),
+                 "--trajectories", str(tmp_path / "serial.jsonl")]) == 0
     assert main([*common, "--workers", "2", "--ray", "--json", str(tmp_path / "ray.json"),
                  "--trajectories", str(tmp_path / "ray.jsonl")]) == 0
     assert "6 episodes in" in capsys.readouterr().err
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     out = subprocess.run([sys.executable, "-m", "mmsearch_gym.cli", *common, "--workers", "2", "--ray", ray_cluster,
                           "--json", str(tmp_path / "remote.json"), "--trajectories", str(tmp_path / "remote.jsonl")],
-                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+                         check=False, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "with 2 Ray actor(s)" in out.stderr
     serial = (tmp_path / "serial.json").read_text()
@@ -182,3 +183,40 @@ def test_accounting_counts_the_actors_calls(ray_cluster: str, tiny_tasks: TaskSe
                      progress=False)
         counts.append(run.counts)
     assert counts[0] == counts[1] and counts[0]["memory"]["live_calls"] > 0
+
+
+def test_cluster_run_through_redis_exports_and_replays(ray_cluster: str, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's cluster recipe on one machine: Ray actors searching through a shared Redis cache
+    give the serial diskcache results; the Redis cache exported to a cassette replays the run."""
+    import shutil
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (Debian: apt-get install -y redis-server; .ci/run does it)")
+    pytest.importorskip("redis", reason="the redis client is not installed (pip install 'mmsearch-gym[redis]')")
+    from search.conftest import RedisServer
+
+    (tmp_path / "redis-data").mkdir()
+    server = RedisServer(shutil.which("redis-server"), tmp_path / "redis-data")
+    server.start()
+    try:
+        runs = []
+        for executor, cache in (("local", {"mode": "readthrough", "dir": str(tmp_path / "disk")}),
+                                ("ray", {"mode": "readthrough", "store": server.url})):
+            traj = tmp_path / f"{executor}.jsonl"
+            report = evaluate("MMSearch-v0", "rag", episodes=6, workers=1 if executor == "local" else 2,
+                              executor=executor, trajectories=traj, progress=False, cache=cache, seed=2)
+            rows = _strip_timing(traj)
+            for row in rows:
+                assert row["env"].pop("kwargs")["cache"] == cache and row["env"].pop("cache")["mode"] == "readthrough"
+            runs.append((json.dumps(report.to_json(include_episodes=True), sort_keys=True), rows))
+        assert runs[0] == runs[1]
+        cassette = tmp_path / "cluster-run.jsonl"
+        assert main(["cache", "export", "--cache-store", server.url, "-o", str(cassette)]) == 0
+        assert main(["cache", "export", str(tmp_path / "disk"), "-o", str(tmp_path / "disk.jsonl")]) == 0
+        assert cassette.read_bytes() == (tmp_path / "disk.jsonl").read_bytes()
+    finally:
+        server.stop()
+    capsys.readouterr()
+    assert main(["replay", str(tmp_path / "ray.jsonl"), "--cassette", str(cassette), "--no-progress"]) == 0
+    assert "replay OK: 6 episodes" in capsys.readouterr().out
