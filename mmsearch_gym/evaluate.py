@@ -2,10 +2,11 @@
 
 ``evaluate(env, policy)`` wires three parts: the :class:`~mmsearch_gym.runner.EpisodeRunner`
 plays the episodes (episode ``i`` on ``task_index=i`` with reset seed ``seed + i``, batched
-``policy.act`` calls, envs in this process or in ``workers`` processes, the same numbers for any
-``workers``), the :class:`~mmsearch_gym.trajectories.TrajectoryRecorder` turns its events into
-trajectory lines, and :mod:`mmsearch_gym.metrics` counts each ended episode
-(:class:`EpisodeResult`) and builds the table (:class:`Metrics`), overall and per task category.
+``policy.act`` calls, envs in this process, in ``workers`` processes or on ``workers`` Ray actors,
+the same numbers for any ``workers`` and executor), the
+:class:`~mmsearch_gym.trajectories.TrajectoryRecorder` turns its events into trajectory lines,
+and :mod:`mmsearch_gym.metrics` counts each ended episode (:class:`EpisodeResult`) and builds the
+table (:class:`Metrics`), overall and per task category.
 
 The table's columns (the names of :mod:`mmsearch_gym.metrics`): ``acc %`` accuracy (correct
 before the search penalty), ``search %`` the share of episodes in which a search ran,
@@ -29,7 +30,7 @@ from mmsearch_gym.errors import ConfigError
 from mmsearch_gym.metrics import EpisodeResult, Metrics
 from mmsearch_gym.policies import make_policy
 from mmsearch_gym.reward import RewardBreakdown
-from mmsearch_gym.runner import DEFAULT_BATCH_SIZE, EpisodeEnd, EpisodeRunner
+from mmsearch_gym.runner import DEFAULT_BATCH_SIZE, EpisodeEnd, EpisodeRunner, Executor
 from mmsearch_gym.trajectories import TrajectoryRecorder, TrajectoryWriter
 
 if TYPE_CHECKING:
@@ -218,7 +219,7 @@ def evaluate(env: str | EnvFactory | Callable[[], gym.Env] = "MMSearch-v0", poli
              trajectories: str | Path | TrajectoryWriter | None = None, progress: bool = True,
              batch_size: int = DEFAULT_BATCH_SIZE, embed_images: bool = False,
              policy_kwargs: Mapping[str, Any] | None = None, mp_context: str = "spawn",
-             **env_kwargs: Any) -> EvalReport:
+             executor: str = "local", ray_address: str | None = None, **env_kwargs: Any) -> EvalReport:
     """Play ``episodes`` episodes of ``env`` with ``policy`` and build the papers' table.
 
     Args:
@@ -239,17 +240,23 @@ def evaluate(env: str | EnvFactory | Callable[[], gym.Env] = "MMSearch-v0", poli
         mp_context: multiprocessing start method of the workers (``spawn`` is safe with threads
             and with models loaded in this process). As with any spawned process, a script that
             calls ``evaluate(workers > 1)`` must do so under ``if __name__ == "__main__":``.
+        executor: ``"local"`` (this process or ``workers`` processes) or ``"ray"``: ``workers``
+            Ray actors step the envs, the policy stays here; the numbers do not depend on it.
+        ray_address: the Ray cluster for ``executor="ray"`` (``"auto"``, ``"HOST:6379"``,
+            ``"ray://HOST:10001"``); default: the Ray this process joined, a cluster started on this
+            machine, or a private local one.
     """
     from tqdm import tqdm
 
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"seed must be an integer, got {seed!r}")
     factory = EnvFactory.create(env, env_kwargs)
+    pool = _executor(executor, ray_address)
     started = time.perf_counter()
     results: list[EpisodeResult] = []
     with contextlib.ExitStack() as cleanup:  # closes the bar, the writer and the runner's envs and workers
         runner = cleanup.enter_context(EpisodeRunner(factory, workers=workers, batch_size=batch_size,
-                                                     mp_context=mp_context))
+                                                     mp_context=mp_context, executor=pool))
         base = runner.env
         tasks = runner.task_indices(episodes)
         policy, policy_label = _policy(policy, base, seed, policy_kwargs)
@@ -273,6 +280,20 @@ def evaluate(env: str | EnvFactory | Callable[[], gym.Env] = "MMSearch-v0", poli
         extra["tasks"] = factory.kwargs["tasks"]
     return EvalReport(results, env=factory.label, policy=policy_label, seed=seed, dialect=base.dialect.name,
                       reward_spec=base.reward_spec.describe(), wall_s=time.perf_counter() - started, extra=extra)
+
+
+def _executor(executor: str, ray_address: str | None) -> Executor | None:
+    """The runner's executor for ``executor="local"|"ray"`` (None: the runner's own processes)."""
+    if executor == "ray":
+        from mmsearch_gym.ray_runner import RayExecutor, import_ray
+
+        import_ray()  # fail before any env is built when Ray is missing
+        return RayExecutor(ray_address)
+    if executor != "local":
+        raise ConfigError(f"executor must be 'local' or 'ray', got {executor!r}")
+    if ray_address is not None:
+        raise ConfigError("ray_address goes with executor='ray'")
+    return None
 
 
 def _policy(policy: Policy | str, base: MMSearchEnv, seed: int,

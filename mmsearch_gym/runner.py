@@ -2,10 +2,11 @@
 
 Episode ``i`` plays task index ``tasks[i]`` (``i`` by default) with reset seed ``seed + i``. The
 runner keeps up to ``batch_size`` episodes live, asks the policy for the next action of all of
-them in one batched ``policy.act`` call, and steps the envs in this process (``workers=1``) or in
-``workers`` worker processes. The schedule (which episodes are live together, in which order
-they reach the policy) depends only on ``batch_size`` and on how episodes end, never on
-``workers``; with a deterministic policy a parallel run yields exactly the events of a serial one.
+them in one batched ``policy.act`` call, and steps the envs in this process (``workers=1``), in
+``workers`` worker processes, or wherever an ``executor`` puts them (Ray actors:
+:class:`mmsearch_gym.ray_runner.RayExecutor`). The schedule (which episodes are live together, in
+which order they reach the policy) depends only on ``batch_size`` and on how episodes end, never on
+``workers`` or the executor; with a deterministic policy a parallel run yields exactly the events of a serial one.
 
 Workers never receive Task objects (the built-in world's tasks hold render closures): each
 rebuilds its envs from the factory and is told only task indices, seeds and action texts; it
@@ -25,9 +26,9 @@ import multiprocessing
 import multiprocessing.connection
 import time
 import traceback
-from collections.abc import Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mmsearch_gym.env_factory import EnvFactory, SiblingEnvs, unwrap_env
 from mmsearch_gym.episode_view import EpisodeView
@@ -40,9 +41,21 @@ if TYPE_CHECKING:
     from mmsearch_gym.env import MMSearchEnv
     from mmsearch_gym.policies import Policy
 
-__all__ = ["DEFAULT_BATCH_SIZE", "EpisodeEnd", "EpisodeRunner", "RunnerEvent", "StepEvent"]
+__all__ = ["DEFAULT_BATCH_SIZE", "EnvPool", "EpisodeEnd", "EpisodeRunner", "Executor", "RunnerEvent", "StepEvent"]
 
 DEFAULT_BATCH_SIZE = 32
+
+
+class EnvPool(Protocol):
+    """Where the envs of the schedule slots live: runs batches of slot commands, in order."""
+
+    def run(self, commands: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]: ...
+
+    def close(self) -> None: ...
+
+
+Executor = Callable[[EnvFactory, int], EnvPool]
+"""Builds the pool for ``(factory, workers)``; e.g. :class:`mmsearch_gym.ray_runner.RayExecutor`."""
 
 
 @dataclass(frozen=True)
@@ -108,11 +121,14 @@ class EpisodeRunner:
         batch_size: how many episodes run at once (and reach ``policy.act`` together).
         mp_context: start method of the workers (``spawn`` is safe with threads and loaded models).
         first_env: an env of this factory already built (used as the first slot's env).
+        executor: where the envs step instead of this process or local workers: a callable
+            ``(factory, workers) -> pool`` such as :class:`mmsearch_gym.ray_runner.RayExecutor`
+            (used for any ``workers``, 1 included). The events do not depend on it.
     """
 
     def __init__(self, factory: EnvFactory | str | Any, *, workers: int = 1,
                  batch_size: int = DEFAULT_BATCH_SIZE, mp_context: str = "spawn",
-                 first_env: gym.Env | None = None) -> None:
+                 first_env: gym.Env | None = None, executor: Executor | None = None) -> None:
         for name, value in (("workers", workers), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
@@ -120,6 +136,9 @@ class EpisodeRunner:
         self.workers = workers
         self.batch_size = batch_size
         self.mp_context = mp_context
+        if executor is not None and not callable(executor):
+            raise ConfigError(f"executor must be a callable (factory, workers) -> pool, got {executor!r}")
+        self.executor = executor
         self._first: gym.Env | None = first_env if first_env is not None else self.factory.build()
         self.env: MMSearchEnv = unwrap_env(self._first)
         """The first env (its tasks and dialect are every sibling's)."""
@@ -164,14 +183,17 @@ class EpisodeRunner:
                           f"(or a list of task indices), got {episodes!r}")
 
     # ------------------------------------------------------------------ internals --------
-    def _pool(self, slots: int) -> _LocalPool | _ProcessPool:
+    def _pool(self, slots: int) -> EnvPool:
+        if self.executor is not None:
+            self.close()  # the executor's workers build their own envs
+            return self.executor(self.factory, min(self.workers, slots))
         if self.workers == 1:
             first, self._first = self._first, None
             return _LocalPool(self.factory, first)
         self.close()  # the workers build their own envs; this one only told us tasks and dialect
         return _ProcessPool(self.factory, min(self.workers, slots), self.mp_context)
 
-    def _schedule(self, policy: Policy, pool: _LocalPool | _ProcessPool, tasks: list[int],
+    def _schedule(self, policy: Policy, pool: EnvPool, tasks: list[int],
                   seed: int) -> Iterator[RunnerEvent]:
         free = list(range(min(self.batch_size, len(tasks))))
         heapq.heapify(free)

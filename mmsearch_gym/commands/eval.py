@@ -2,6 +2,7 @@
 
     mmsearch-gym eval --env MMSearch-v0 --policy rag --split test --episodes 200 --workers 2 \\
         --json results.json --markdown results.md --trajectories run.jsonl
+    mmsearch-gym eval --policy rag --workers 8 --ray auto --cache-store redis://HEAD:6379/0   # on a cluster
 
 Task source: by default the env's own tasks (``MMSearch-v0``: the built-in world's test
 split). ``--split train|test`` replaces them with that split of the built-in world (the env's
@@ -55,6 +56,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy-set", action="append", default=[], metavar="KEY=VALUE", dest="policy_set",
                         help="a policy option, JSON value (e.g. --policy-set max_new_tokens=64 for transformers:)")
     add_run_options(parser)
+    parser.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                        help="step the envs on --workers Ray actors (the policy stays here; results are identical): "
+                             "the cluster at ADDRESS (auto, HOST:6379, ray://HOST:10001), else one started on this "
+                             "machine with `ray start`, else a private local one (needs the extra: "
+                             "pip install 'mmsearch-gym[ray]')")
     add_component_flags(parser)
     parser.add_argument("--prices", default=None, metavar="JSON|FILE",
                         help="US dollars per live call by backend/service, over the defaults "
@@ -148,7 +154,8 @@ def run(args: argparse.Namespace) -> int:
                 report = evaluate(args.env, args.policy, episodes=args.episodes, workers=args.workers,
                                   seed=args.seed, trajectories=trajectories, progress=not args.no_progress,
                                   batch_size=args.batch_size, embed_images=args.embed_images,
-                                  policy_kwargs=policy_kwargs, **overrides)
+                                  policy_kwargs=policy_kwargs, executor="local" if args.ray is None else "ray",
+                                  ray_address=args.ray or None, **overrides)
         except BaseException:
             if how == "new" and trajectories is not None and trajectories.is_file() \
                     and trajectories.stat().st_size == 0:
@@ -157,7 +164,8 @@ def run(args: argparse.Namespace) -> int:
     report.extra["accounting"] = accounted.report(prices, {
         "text": sum(r.text_searches for r in report.results), "image": sum(r.image_searches for r in report.results)})
     print(report.to_text(), end="")
-    print(f"{len(report.results)} episodes in {report.wall_s:.1f} s with {args.workers} worker(s)", file=sys.stderr)
+    where = "Ray actor(s)" if args.ray is not None else "worker(s)"
+    print(f"{len(report.results)} episodes in {report.wall_s:.1f} s with {args.workers} {where}", file=sys.stderr)
     calls = report.extra["accounting"]
     if calls["calls"]:
         live = ", ".join(f"{name} {c['live_calls']}" for name, c in calls["calls"].items())
