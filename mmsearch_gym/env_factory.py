@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmsearch_gym.errors import ConfigError
+from mmsearch_gym.search.redaction import redact_url_text
 
 if TYPE_CHECKING:
     import gymnasium as gym
@@ -214,7 +215,7 @@ def describe_env(env: MMSearchEnv, *, env_id: str | None = None,
     from mmsearch_gym.search.cache import SearchCache
 
     kwargs = dict(kwargs or {})
-    safe = {k: v for k, v in sorted(kwargs.items()) if _json_safe(v)}
+    safe = {k: _scrubbed(v) for k, v in sorted(kwargs.items()) if _json_safe(v)}
     backend = env.backend
     cache = None
     if isinstance(backend, SearchCache):
@@ -235,6 +236,18 @@ def describe_env(env: MMSearchEnv, *, env_id: str | None = None,
         "cache": cache,
         "tasks": {"name": env.tasks.name, "size": len(env.tasks)},
     }
+
+
+def _scrubbed(value: Any) -> Any:
+    """``value`` with URL passwords and credential-looking query parameters masked in every
+    string (``redis://user:pw@host`` in a cache block): a trajectory never holds a secret."""
+    if isinstance(value, str):
+        return redact_url_text(value)
+    if isinstance(value, Mapping):
+        return {k: _scrubbed(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_scrubbed(v) for v in value]
+    return value
 
 
 def _json_safe(value: Any) -> bool:
