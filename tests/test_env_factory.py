@@ -86,10 +86,10 @@ def test_siblings_share_tasks_backend_and_grounder(tiny_tasks: TaskSet, memory_b
 def test_the_env_block_of_a_trajectory_holds_no_password(tiny_tasks: TaskSet, memory_backend: MemoryBackend) -> None:
     """A Redis password in a cache URL, or a key in a query string, never reaches a trajectory."""
     env = MMSearchEnv(tiny_tasks, memory_backend)
-    kwargs = {"cache": {"mode": "readthrough", "store": "redis://worker:s3cret-pw@10.0.0.5:6379/0"},
+    kwargs = {"cache": {"mode": "readthrough", "store": "redis://worker:s3cret-pw@redis-head:6379/0"},
               "backend": {"name": "searxng", "url": "http://localhost:8888/search?api_key=k3y-value"},
               "top_k": 3}
     block = describe_env(env, env_id="MMSearch-v0", kwargs=kwargs)
     text = json.dumps(block)
     assert "s3cret-pw" not in text and "k3y-value" not in text
-    assert block["kwargs"]["top_k"] == 3 and "10.0.0.5:6379/0" in block["kwargs"]["cache"]["store"]
+    assert block["kwargs"]["top_k"] == 3 and "redis-head:6379/0" in block["kwargs"]["cache"]["store"]
