@@ -76,15 +76,17 @@ class TinyModelServer:
     async def generate(self, *, request_id: str, prompt_ids: list[int], sampling_params: dict[str, Any],
                        **kwargs: Any) -> TokenOutput:
         self.calls += 1
-        ids = list(prompt_ids)
         new: list[int] = []
         stops = list(sampling_params.get("stop") or [])
+        inputs, past = torch.tensor([list(prompt_ids)]), None
         with torch.no_grad():
             for _ in range(self.max_new_tokens):
-                logits = self.model(torch.tensor([ids])).logits[0, -1].float()
-                token = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=self.generator))
-                ids.append(token)
+                out = self.model(inputs, past_key_values=past, use_cache=True)
+                past = out.past_key_values
+                probs = torch.softmax(out.logits[0, -1].float(), -1)
+                token = int(torch.multinomial(probs, 1, generator=self.generator))
                 new.append(token)
+                inputs = torch.tensor([[token]])
                 if token == self.tokenizer.eos_token_id:
                     break
                 if stops and any(s in self.tokenizer.decode(new, skip_special_tokens=True) for s in stops):
