@@ -119,7 +119,8 @@ class MMSearchTool(BaseTool):
             images = [b["image"] for b in last["content"] if b.get("type") == "image"] or None
         metrics = {"image_searches": info["image_searches"], "text_searches": info["text_searches"],
                    "hits": len(info["hits"]), "search_error": int(info["search_error"] is not None)}
-        return ToolResponse(text=obs["text"], image=images), 0.0, metrics
+        response = ToolResponse(text=obs["text"], image=images) if images else ToolResponse(text=obs["text"])
+        return response, 0.0, metrics
 
     async def calc_reward(self, instance_id: str, **kwargs: Any) -> float:
         """The env's reward of the turns stepped so far (the final answer is scored by compute_score)."""
