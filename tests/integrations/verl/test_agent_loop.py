@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+
+import pytest
+
+pytest.importorskip("verl.experimental.agent_loop.tool_agent_loop",
+                    reason="veRL is not importable here; these tests run in the veRL venv (.ci/run)")
+
 import asyncio
 from typing import Any
 
-import pytest
 
 from mmsearch_gym.env_factory import EnvFactory, unwrap_env
 from mmsearch_gym.integrations.verl.agent_loop import MMSearchAgentLoop
@@ -13,7 +18,7 @@ from mmsearch_gym.integrations.verl.reward import compute_score
 from mmsearch_gym.reward import episode_reward
 from mmsearch_gym.search.cache import CacheMiss
 
-from .conftest import ScriptedServer, TinyModelServer, trainer_config
+from .helpers import ScriptedServer, TinyModelServer, trainer_config
 from .helpers import loop_kwargs, world_rows
 
 ENV = {"id": "MMSearch-v0", "kwargs": {}}

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+
 import pytest
+
+pytest.importorskip("verl.experimental.agent_loop.tool_agent_loop",
+                    reason="veRL is not importable here; these tests run in the veRL venv (.ci/run)")
+
 from omegaconf import OmegaConf
 from verl.utils.dataset.rl_dataset import RLHFDataset
 
@@ -12,7 +17,7 @@ from mmsearch_gym.integrations.verl.data import from_verl_rows, read_parquet, wr
 from mmsearch_gym.search.base import MemoryBackend
 from mmsearch_gym.tasks import image_digest
 
-from .conftest import TEMPLATE, tiny_models
+from .helpers import TEMPLATE, tiny_models
 from .helpers import world_rows
 
 

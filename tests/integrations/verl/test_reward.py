@@ -1,4 +1,4 @@
-"""compute_score: veRL's custom-reward signature over score_episode."""
+"""compute_score: veRL's custom-reward signature over score_episode (needs no veRL, runs everywhere)."""
 
 from __future__ import annotations
 

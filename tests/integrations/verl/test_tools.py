@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("verl.experimental.agent_loop.tool_agent_loop",
+                    reason="veRL is not importable here; these tests run in the veRL venv (.ci/run)")
+
 import asyncio
 import json
 from typing import Any
@@ -13,7 +18,7 @@ from mmsearch_gym.actions import ImageSearch, Region, get_dialect
 from mmsearch_gym.env_factory import EnvFactory, unwrap_env
 from mmsearch_gym.integrations.verl.tools import ImageSearchTool, TextSearchTool, tool_config
 
-from .conftest import ScriptedServer, trainer_config
+from .helpers import ScriptedServer, trainer_config
 from .helpers import loop_kwargs, world_rows
 
 ENV = {"id": "MMSearch-Deep-v0", "kwargs": {}}
@@ -85,5 +90,6 @@ def test_direct_calls_cover_box_expression_and_invalid_arguments():
     assert by_box == env_result(task.id, [crop_turn])[0] and by_box.startswith("<information>")
     by_expression = asyncio.run(run({"expression": "the largest flag"}))
     assert by_expression == env_result(task.id, ["<img_search>the largest flag</img_search>"])[0]
+    assert by_expression.startswith("<information>")
     assert "bbox_2d" in asyncio.run(run({"bbox_2d": [1, 2]}))
     assert "not both" in asyncio.run(run({"bbox_2d": box, "expression": "x"}))
