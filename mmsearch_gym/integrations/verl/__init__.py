@@ -15,7 +15,15 @@ Tested with verl 0.9.1 (transformers 5.10.4, torch 2.13.0 CPU); install with
 Only :mod:`.tools` and :mod:`.agent_loop` import veRL.
 """
 
+from pathlib import Path
+
 from mmsearch_gym.integrations.verl.data import from_verl_rows, read_parquet, to_verl_rows, write_parquet
 from mmsearch_gym.integrations.verl.reward import compute_score
+from mmsearch_gym.resources import resource_path
 
-__all__ = ["compute_score", "from_verl_rows", "read_parquet", "to_verl_rows", "write_parquet"]
+__all__ = ["compute_score", "from_verl_rows", "read_parquet", "recipe_path", "to_verl_rows", "write_parquet"]
+
+
+def recipe_path(name: str) -> Path:
+    """Where a shipped veRL recipe lives (``verl-qwen2.5-vl-7b.yaml``, ``verl-tools.yaml`` ...)."""
+    return resource_path("policies", name)
