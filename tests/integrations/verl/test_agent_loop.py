@@ -9,6 +9,7 @@ pytest.importorskip("verl.experimental.agent_loop.tool_agent_loop",
                     reason="veRL is not importable here; these tests run in the veRL venv (.ci/run)")
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 
@@ -115,3 +116,32 @@ def test_a_recorded_run_replays(tokenizer, tmp_path):
     unrecorded = replies[:1] + ["<reason>b</reason><text_search>never asked</text_search>", replies[2]]
     with pytest.raises(CacheMiss, match="never asked"):  # strict replay answers only what was recorded
         play(ScriptedServer(tokenizer, unrecorded), tokenizer, rows[0], env=replay)
+
+
+def test_a_vlm_sees_the_task_image_and_the_result_thumbnails():
+    from .helpers import tiny_models
+
+    template = (Path(__file__).parent / "qwen3_vl_chat_template.jinja").read_text(encoding="utf-8")
+    tokenizer = tiny_models.build_tokenizer([], chat_template=template, vocab_size=600, vision=True)
+    processor = tiny_models.build_processor(tokenizer, chat_template=template, image_side=56)
+    tasks, rows = world_rows(2)
+    replies = ["<reason>look</reason><search><img></search>", f"<reason>ok</reason><answer>{tasks[1].answers[0]}</answer>"]
+    server = ScriptedServer(tokenizer, replies)
+
+    async def main() -> Any:
+        kwargs = loop_kwargs(trainer_config(response_length=8192, prompt_length=4096), server, tokenizer)
+        loop = MMSearchAgentLoop(**{**kwargs, "processor": processor}, env=ENV)
+        return await loop.run({"temperature": 1.0}, raw_prompt=rows[1]["prompt"], extra_info=rows[1]["extra_info"])
+
+    out = asyncio.run(main())
+    env = unwrap_env(EnvFactory.from_json(ENV).build())
+    env.reset(options={"task_id": tasks[1].id})
+    thumbnails = [b for b in env.step(replies[0])[4]["messages"][-1]["content"] if b["type"] == "image"]
+    images = out.multi_modal_data["images"]
+    assert len(images) == 1 + len(thumbnails) and len(thumbnails) > 0
+    assert images[0].size == tasks[1].load_image().size
+    pad = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert pad in out.prompt_ids  # the task image, in the prompt
+    masked = [t for t, m in zip(out.response_ids, out.response_mask) if m == 0]
+    assert pad in masked and pad not in [t for t, m in zip(out.response_ids, out.response_mask) if m == 1]
+    assert out.reward_score == episode_reward(replies, tasks[1].answers)
