@@ -17,7 +17,12 @@ Only :mod:`.tools` and :mod:`.agent_loop` import veRL.
 
 from pathlib import Path
 
-from mmsearch_gym.integrations.verl.data import from_verl_rows, read_parquet, to_verl_rows, write_parquet
+from mmsearch_gym.integrations.verl.data import (
+    from_verl_rows,
+    read_parquet,
+    to_verl_rows,
+    write_parquet,
+)
 from mmsearch_gym.integrations.verl.reward import compute_score
 from mmsearch_gym.resources import resource_path
 

@@ -6,7 +6,8 @@ dialect's closing tags; the decoded turn is the env's action (``env.step`` parse
 search through the env's backend and cache, applies budgets and feedback); the env's result
 message is appended through veRL's Continuous Token builder, which gives its tokens
 ``response_mask`` 0. When the episode ends (or the response length runs out) the reward is
-the env's ``score_episode`` breakdown of exactly those turns.
+the env's ``score_episode`` breakdown of exactly those turns. ``env.step`` runs on the worker's
+event loop, so one worker's searches run one at a time (scale with ``agent.num_workers``).
 
 Agent loop yaml (``actor_rollout_ref.rollout.agent.agent_loop_config_path``)::
 
@@ -23,7 +24,11 @@ from collections.abc import Mapping
 from typing import Any
 from uuid import uuid4
 
-from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput, register
+from verl.experimental.agent_loop.agent_loop import (
+    AgentLoopBase,
+    AgentLoopOutput,
+    register,
+)
 
 from mmsearch_gym.errors import ConfigError
 from mmsearch_gym.integrations.verl.data import AGENT_NAME

@@ -127,6 +127,7 @@ def write_parquet(tasks: TaskSet, path: str | Path, *, overwrite: bool = False, 
 
 def read_parquet(path: str | Path, name: str | None = None) -> TaskSet:
     """The TaskSet of a parquet file written by :func:`write_parquet`."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     path = Path(path)
@@ -134,6 +135,6 @@ def read_parquet(path: str | Path, name: str | None = None) -> TaskSet:
         raise ConfigError(f"{path} does not exist")
     try:
         rows: Sequence[Mapping[str, Any]] = pq.read_table(path).to_pylist()
-    except Exception as err:  # pyarrow raises several types for a damaged file
+    except (OSError, pa.ArrowException) as err:
         raise DataError(f"{path} is not a readable parquet file: {err}") from None
     return from_verl_rows(rows, name=name or path.stem)

@@ -27,7 +27,14 @@ from uuid import uuid4
 from verl.tools.base_tool import BaseTool
 from verl.tools.schemas import OpenAIFunctionToolSchema, ToolResponse
 
-from mmsearch_gym.actions import TOOL_SCHEMAS, Action, ImageSearch, Invalid, Region, get_dialect
+from mmsearch_gym.actions import (
+    TOOL_SCHEMAS,
+    Action,
+    ImageSearch,
+    Invalid,
+    Region,
+    get_dialect,
+)
 from mmsearch_gym.env import MMSearchEnv
 from mmsearch_gym.errors import ConfigError
 from mmsearch_gym.integrations.verl.envs import EnvPool, env_description, env_pool

@@ -1,6 +1,6 @@
 """Fixtures for the veRL adapter tests. They run only where veRL imports: veRL 0.9.1 pins
 transformers<5.11, so `.ci/run` runs this folder in its own venv (.verl-venv) after the main
-suite; in the main venv every module here skips with the reason.
+suite; in the main venv the modules that need veRL skip with the reason.
 """
 
 from __future__ import annotations
@@ -9,9 +9,12 @@ from typing import Any
 
 import pytest
 
+
 @pytest.fixture(scope="session")
 def tokenizer() -> Any:
-    from .helpers import TEMPLATE, tiny_models
+    from mmsearch_gym.integrations import tiny_models
+
+    from .helpers import TEMPLATE
 
     return tiny_models.build_tokenizer(["What is the capital of France?", "Paris"], chat_template=TEMPLATE,
                                        vocab_size=600)
@@ -19,6 +22,6 @@ def tokenizer() -> Any:
 
 @pytest.fixture(scope="session")
 def tiny_lm(tokenizer: Any) -> Any:
-    from .helpers import tiny_models
+    from mmsearch_gym.integrations import tiny_models
 
     return tiny_models.build_text_lm(tokenizer, size="tiny", seed=0).eval()

@@ -14,7 +14,6 @@ from verl.experimental.agent_loop.agent_loop import DictConfigWrap, ToolListWrap
 from verl.utils.dataset.rl_dataset import RLHFDataset
 from verl.workers.rollout.replica import TokenOutput
 
-from mmsearch_gym.integrations import tiny_models
 from mmsearch_gym.integrations.verl.data import to_verl_rows
 from mmsearch_gym.registration import resolve_tasks
 from mmsearch_gym.tasks import TaskSet

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 pytest.importorskip("verl.experimental.agent_loop.tool_agent_loop",
@@ -12,15 +11,19 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-
 from mmsearch_gym.env_factory import EnvFactory, unwrap_env
 from mmsearch_gym.integrations.verl.agent_loop import MMSearchAgentLoop
 from mmsearch_gym.integrations.verl.reward import compute_score
 from mmsearch_gym.reward import episode_reward
 from mmsearch_gym.search.cache import CacheMiss
 
-from .helpers import ScriptedServer, TinyModelServer, trainer_config
-from .helpers import loop_kwargs, world_rows
+from .helpers import (
+    ScriptedServer,
+    TinyModelServer,
+    loop_kwargs,
+    trainer_config,
+    world_rows,
+)
 
 ENV = {"id": "MMSearch-v0", "kwargs": {}}
 
@@ -91,7 +94,7 @@ def test_reward_fn_route_gives_the_same_reward(tokenizer):
 def test_tiny_model_rollouts_score_exactly_their_turns(tokenizer, tiny_lm):
     tasks, rows = world_rows(2)
     server = TinyModelServer(tiny_lm, tokenizer, max_new_tokens=16, seed=0)
-    for row, task in zip(rows * 2, list(tasks) * 2):
+    for row, task in zip(rows, tasks):
         out = play(server, tokenizer, row, response_length=256)
         turns = out.extra_fields["mmsearch_turns"]
         assert 1 <= len(turns) <= 3
@@ -100,7 +103,7 @@ def test_tiny_model_rollouts_score_exactly_their_turns(tokenizer, tiny_lm):
         generated = [tokenizer.decode([t for t, m in zip(out.response_ids[s:e], out.response_mask[s:e])],
                                       skip_special_tokens=True) for v, s, e in spans(out.response_mask) if v == 1]
         assert generated == turns[:len(generated)]
-    assert server.calls >= 4
+    assert server.calls >= 2
 
 
 def test_a_recorded_run_replays(tokenizer, tmp_path):
@@ -119,7 +122,7 @@ def test_a_recorded_run_replays(tokenizer, tmp_path):
 
 
 def test_a_vlm_sees_the_task_image_and_the_result_thumbnails():
-    from .helpers import tiny_models
+    from mmsearch_gym.integrations import tiny_models
 
     template = (Path(__file__).parent / "qwen3_vl_chat_template.jinja").read_text(encoding="utf-8")
     tokenizer = tiny_models.build_tokenizer([], chat_template=template, vocab_size=600, vision=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 pytest.importorskip("verl.experimental.agent_loop.tool_agent_loop",
@@ -13,12 +12,16 @@ from verl.utils.dataset.rl_dataset import RLHFDataset
 
 from mmsearch_gym.env import MMSearchEnv
 from mmsearch_gym.errors import ConfigError, DataError
-from mmsearch_gym.integrations.verl.data import from_verl_rows, read_parquet, write_parquet
+from mmsearch_gym.integrations import tiny_models
+from mmsearch_gym.integrations.verl.data import (
+    from_verl_rows,
+    read_parquet,
+    write_parquet,
+)
 from mmsearch_gym.search.base import MemoryBackend
 from mmsearch_gym.tasks import image_digest
 
-from .helpers import TEMPLATE, tiny_models
-from .helpers import world_rows
+from .helpers import TEMPLATE, world_rows
 
 
 def test_rows_carry_the_env_prompt_answers_and_task_id():

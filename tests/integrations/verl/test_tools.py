@@ -16,10 +16,13 @@ from verl.tools.base_tool import BaseTool
 
 from mmsearch_gym.actions import ImageSearch, Region, get_dialect
 from mmsearch_gym.env_factory import EnvFactory, unwrap_env
-from mmsearch_gym.integrations.verl.tools import ImageSearchTool, TextSearchTool, tool_config
+from mmsearch_gym.integrations.verl.tools import (
+    ImageSearchTool,
+    TextSearchTool,
+    tool_config,
+)
 
-from .helpers import ScriptedServer, trainer_config
-from .helpers import loop_kwargs, world_rows
+from .helpers import ScriptedServer, loop_kwargs, trainer_config, world_rows
 
 ENV = {"id": "MMSearch-Deep-v0", "kwargs": {}}
 
