@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fixture_world import CapitalReader, planned
 
 from mmsearch_gym.cli import main
 from mmsearch_gym.errors import ConfigError, MMSearchError
@@ -27,8 +28,6 @@ from mmsearch_gym.runner import EpisodeRunner, StepEvent
 from mmsearch_gym.search.base import MemoryBackend
 from mmsearch_gym.search.cache import CacheMiss
 from mmsearch_gym.tasks import TaskSet
-
-from fixture_world import CapitalReader, planned
 
 ray = pytest.importorskip("ray", reason="the Ray executor needs the extra: pip install 'mmsearch-gym[ray]'")
 ROOT = Path(__file__).resolve().parent.parent

@@ -94,13 +94,13 @@ def test_reward_fn_route_gives_the_same_reward(tokenizer):
 def test_tiny_model_rollouts_score_exactly_their_turns(tokenizer, tiny_lm):
     tasks, rows = world_rows(2)
     server = TinyModelServer(tiny_lm, tokenizer, max_new_tokens=16, seed=0)
-    for row, task in zip(rows, tasks):
+    for row, task in zip(rows, tasks, strict=False):
         out = play(server, tokenizer, row, response_length=256)
         turns = out.extra_fields["mmsearch_turns"]
         assert 1 <= len(turns) <= 3
         assert out.reward_score == episode_reward(turns, task.answers)
         assert len(out.response_ids) == len(out.response_mask) <= 256
-        generated = [tokenizer.decode([t for t, m in zip(out.response_ids[s:e], out.response_mask[s:e])],
+        generated = [tokenizer.decode([t for t, m in zip(out.response_ids[s:e], out.response_mask[s:e], strict=False)],
                                       skip_special_tokens=True) for v, s, e in spans(out.response_mask) if v == 1]
         assert generated == turns[:len(generated)]
     assert server.calls >= 2
@@ -128,7 +128,8 @@ def test_a_vlm_sees_the_task_image_and_the_result_thumbnails():
     tokenizer = tiny_models.build_tokenizer([], chat_template=template, vocab_size=600, vision=True)
     processor = tiny_models.build_processor(tokenizer, chat_template=template, image_side=56)
     tasks, rows = world_rows(2)
-    replies = ["<reason>look</reason><search><img></search>", f"<reason>ok</reason><answer>{tasks[1].answers[0]}</answer>"]
+    replies = ["<reason>look</reason><search><img></search>",
+               f"<reason>ok</reason><answer>{tasks[1].answers[0]}</answer>"]
     server = ScriptedServer(tokenizer, replies)
 
     async def main() -> Any:
@@ -145,6 +146,6 @@ def test_a_vlm_sees_the_task_image_and_the_result_thumbnails():
     assert images[0].size == tasks[1].load_image().size
     pad = tokenizer.convert_tokens_to_ids("<|image_pad|>")
     assert pad in out.prompt_ids  # the task image, in the prompt
-    masked = [t for t, m in zip(out.response_ids, out.response_mask) if m == 0]
-    assert pad in masked and pad not in [t for t, m in zip(out.response_ids, out.response_mask) if m == 1]
+    masked = [t for t, m in zip(out.response_ids, out.response_mask, strict=False) if m == 0]
+    assert pad in masked and pad not in [t for t, m in zip(out.response_ids, out.response_mask, strict=False) if m == 1]
     assert out.reward_score == episode_reward(replies, tasks[1].answers)

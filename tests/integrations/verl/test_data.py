@@ -42,7 +42,7 @@ def test_parquet_round_trip_keeps_tasks(tmp_path):
     path = write_parquet(tasks, tmp_path / "train.parquet")
     back = read_parquet(path)
     assert [t.id for t in back] == [t.id for t in tasks]
-    for a, b in zip(tasks, back):
+    for a, b in zip(tasks, back, strict=False):
         assert (a.question, a.answers, a.category, a.split) == (b.question, b.answers, b.category, b.split)
         assert image_digest(a.load_image()) == image_digest(b.load_image())
         assert [o.to_json() for o in a.objects] == [o.to_json() for o in b.objects]

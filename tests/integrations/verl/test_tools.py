@@ -67,11 +67,11 @@ def test_verl_tool_agent_loop_reaches_the_env_backend_and_budgets(tokenizer):
     expected = env_result(tasks[1].id, ["<img_search><img></img_search>",
                                         "<text_search>flag of Slovakia</text_search>",
                                         "<img_search><img></img_search>"])
-    text = tokenizer.decode([t for t, m in zip(out.response_ids, out.response_mask) if m == 0])
+    text = tokenizer.decode([t for t, m in zip(out.response_ids, out.response_mask, strict=False) if m == 0])
     responses = [part.split("\n</tool_response>")[0] for part in text.split("<tool_response>\n")[1:]]
     assert responses == expected  # the env's own results, in order, masked out of the loss
     assert "budget" in expected[2]  # the env's image-search budget (1) applies to veRL's calls
-    generated = tokenizer.decode([t for t, m in zip(out.response_ids, out.response_mask) if m == 1])
+    generated = tokenizer.decode([t for t, m in zip(out.response_ids, out.response_mask, strict=False) if m == 1])
     assert "<tool_response>" not in generated and generated.count("<tool_call>") == 3
 
 
