@@ -45,7 +45,6 @@ from .generation import (
     hf_generate,
 )
 
-
 TEXT_RESULTS_WARNING = (
     "mmsearch_gym: on the rollout_func route a VLM gets the tool results as text only (TRL 1.16 feeds a "
     "rollout_func's model only the dataset images); use route='environment' (tool-json dialect) for result "
