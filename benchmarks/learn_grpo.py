@@ -121,7 +121,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                   image_side=args.image_side)
     model, tokenizer = load_tiny_model(model_dir)
     if args.entity_swaps or args.copy_chats:
-        sft_data = augment_for_copying(sft_data, dialect, swaps=args.entity_swaps, copy_chats=args.copy_chats, seed=0)
+        sft_data = augment_for_copying(sft_data, dialect, swaps=args.entity_swaps, copy_chats=args.copy_chats, seed=0,
+                                       pseudo_names=args.pseudo_names)
     timings["data_and_model_s"] = time.perf_counter() - t
     copy_curve: list[dict[str, float]] = []
     if args.copy_pretrain_steps:
@@ -186,7 +187,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.grpo_steps == 0:  # SFT-only run (for tuning the cold start)
         losses = [{"step": int(log["step"]), "loss": log["loss"]} for log in sft_log.logs if "loss" in log]
-        return {"evaluations": evaluations, "blind_ceilings": ceilings, "timings_s": timings, "sft_loss_curve": losses}
+        return {"config": {k: v for k, v in vars(args).items() if k not in ("work_dir", "progress", "out")},
+                "evaluations": evaluations, "blind_ceilings": ceilings, "timings_s": timings,
+                "sft_examples": len(sft_data), "copy_pretrain_curve": copy_curve[-1:], "sft_loss_curve": losses}
     t = time.perf_counter()
     grpo_data = T.to_dataset(train_tasks, shuffle=True, seed=2 + args.seed, system_prompt=system_prompt, images=vision)
     grpo_log = _log_callback()
@@ -263,7 +266,8 @@ def blind_ceilings(train_tasks: Any, eval_tasks: Any, dialect: Any) -> dict[str,
     return out
 
 
-def augment_for_copying(data: Any, dialect: Any, *, swaps: int, copy_chats: int, seed: int) -> Any:
+def augment_for_copying(data: Any, dialect: Any, *, swaps: int, copy_chats: int, seed: int,
+                        pseudo_names: int = 0) -> Any:
     """SFT rows that make reading the answer from the results the only way to it.
 
     * ``swaps`` counterfactual copies of each image_search chat: the country's name is replaced,
@@ -272,6 +276,11 @@ def augment_for_copying(data: Any, dialect: Any, *, swaps: int, copy_chats: int,
     * ``copy_chats`` chats "Repeat: w1 .. wn" -> "w1 .. wn" over the world's country names and
       a few common words, so SFT keeps the copying that ``pretrain_copying`` grew instead of
       overwriting it (SFT alone takes copy accuracy on random strings from 1.0 to 0.01).
+
+    With ``pseudo_names`` > 0 the swaps draw from that many made-up names spelled from common
+    syllables (e.g. "Tovaleni") instead of the training countries: none is a token of the tiny
+    tokenizer (trained before the augmentation), so each is spelled in several word pieces, as
+    an unseen test country is, and no name recurs often enough to be memorised.
 
     Swaps use training names only, but the copy chats name every country, test ones included,
     as bare symbols (no flag, no description): a stand-in for a pretrained LM that has read the
@@ -287,6 +296,8 @@ def augment_for_copying(data: Any, dialect: Any, *, swaps: int, copy_chats: int,
     found = [(row, getattr(dialect.parse(row["messages"][-1]["content"]), "text", None))
              for row in rows if row["category"] == "image_search"]
     names = sorted({name for _, name in found if name})
+    if pseudo_names:
+        names = made_up_names(pseudo_names, seed=seed)
     for row, name in found:
         for other in rng.sample([n for n in names if n != name], min(swaps, len(names) - 1)) if name else []:
             messages = [dict(m) for m in row["messages"]]
@@ -303,6 +314,18 @@ def augment_for_copying(data: Any, dialect: Any, *, swaps: int, copy_chats: int,
             rows.append({**rows[0], "category": "copy", "messages": [
                 system, {"role": "user", "content": "Repeat: " + text}, {"role": "assistant", "content": text}]})
     return datasets.Dataset.from_list(rows).shuffle(seed=seed)
+
+
+def made_up_names(count: int, *, seed: int) -> list[str]:
+    """``count`` distinct capitalised names of 2 to 4 consonant-vowel syllables."""
+    import random
+
+    rng = random.Random(seed + 1)
+    out: set[str] = set()
+    while len(out) < count:
+        name = "".join(rng.choice("bdfgklmnprstvz") + rng.choice("aeiou") for _ in range(rng.randint(2, 4)))
+        out.add(name.capitalize())
+    return sorted(out)
 
 
 _COMMON_WORDS = ["red", "blue", "green", "flag", "star", "cross", "the", "of", "and", "with", "yellow", "white",
@@ -375,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--entity-swaps", type=int, default=0,
                         help="counterfactual copies of each image_search SFT chat with another country's name")
     parser.add_argument("--copy-chats", type=int, default=0, help="'Repeat: ...' chats mixed into SFT")
+    parser.add_argument("--pseudo-names", type=int, default=0,
+                        help="--entity-swaps draw from this many made-up names instead of the training countries")
     parser.add_argument("--teacher", default="oracle", help="policy whose episodes the SFT cold start imitates")
     parser.add_argument("--vocab-size", type=int, default=1024)
     parser.add_argument("--train-pool", type=int, default=3000, help="train-split tasks of CATEGORIES that SFT and GRPO draw from")

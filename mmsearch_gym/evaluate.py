@@ -11,8 +11,12 @@ table (:class:`Metrics`), overall and per task category.
 The table's columns (the names of :mod:`mmsearch_gym.metrics`): ``acc %`` accuracy (correct
 before the search penalty), ``search %`` the share of episodes in which a search ran,
 ``img/ep`` and ``txt/ep`` the image and text searches run per episode, ``fmt %`` the format
-rate, ``reward`` the mean episode reward. The JSON report also holds every other count
-(searches the scorer counts, crops, text refinements, the answer behaviour).
+rate, ``reward`` the mean episode reward. A second block, "search behaviour" (printed by ``eval``,
+in Markdown with ``behaviour=True`` / ``eval --markdown-behaviour``), splits the searches per tool:
+``crop/ep`` and ``whole/ep`` (image searches on a crop box or on the whole image), ``txt/ep`` and
+``refine/ep`` (text searches directly after a text search), and gives MMSearch-R1's answer
+behaviour: ``ans no-search %``, ``ans after-img %``, ``ans after-txt %`` (the kind of the last
+search before the answer) and ``no answer %``. The JSON report holds every count.
 """
 
 from __future__ import annotations
@@ -40,8 +44,8 @@ if TYPE_CHECKING:
     from mmsearch_gym.policies import Policy
     from mmsearch_gym.trajectories import Trajectory
 
-__all__ = ["EnvFactory", "EnvRecipe", "EpisodeResult", "EvalReport", "Metrics", "evaluate", "format_reports",
-           "table_rows"]
+__all__ = ["BEHAVIOUR_COLUMNS", "EnvFactory", "EnvRecipe", "EpisodeResult", "EvalReport", "Metrics", "evaluate",
+           "format_reports", "table_cell", "table_rows"]
 
 EnvRecipe = EnvFactory
 """The former name of :class:`~mmsearch_gym.env_factory.EnvFactory`."""
@@ -109,12 +113,14 @@ class EvalReport:
             data["per_episode"] = [r.to_json() for r in self.results]
         return data
 
-    def to_text(self) -> str:
-        """The table as aligned plain text (what ``mmsearch-gym eval`` prints)."""
-        return format_reports({self.policy: self}, "text", title=self._title())
+    def to_text(self, *, behaviour: bool = True) -> str:
+        """The table as aligned plain text (what ``mmsearch-gym eval`` prints), with the
+        search-behaviour block unless ``behaviour=False``."""
+        return format_reports({self.policy: self}, "text", title=self._title(), behaviour=behaviour)
 
-    def to_markdown(self) -> str:
-        return format_reports({self.policy: self}, "markdown", title=self._title())
+    def to_markdown(self, *, behaviour: bool = False) -> str:
+        """The table as Markdown (the search-behaviour block only with ``behaviour=True``)."""
+        return format_reports({self.policy: self}, "markdown", title=self._title(), behaviour=behaviour)
 
     def _title(self) -> str:
         tasks = f" ({self.extra['tasks']})" if self.extra.get("tasks") else ""
@@ -126,8 +132,8 @@ class EvalReport:
         _write(path, json.dumps(self.to_json(include_episodes=include_episodes), indent=2, sort_keys=True,
                                 ensure_ascii=False, allow_nan=False) + "\n")
 
-    def save_markdown(self, path: str | Path) -> None:
-        _write(path, self.to_markdown())
+    def save_markdown(self, path: str | Path, *, behaviour: bool = False) -> None:
+        _write(path, self.to_markdown(behaviour=behaviour))
 
     @classmethod
     def from_trajectories(cls, trajectories: Sequence[Trajectory], *,
@@ -153,16 +159,31 @@ def _write(path: str | Path, text: str) -> None:
 _COLUMNS = (("n", "episodes"), ("acc %", "accuracy"), ("search %", "search_ratio"), ("img/ep", "image_calls"),
             ("txt/ep", "text_calls"), ("fmt %", "format_rate"), ("reward", "mean_reward"))
 
+BEHAVIOUR_COLUMNS = (("n", "episodes"), ("crop/ep", "crop_searches"), ("whole/ep", "whole_image_searches"),
+                     ("txt/ep", "text_calls"), ("refine/ep", "text_refinements"),
+                     ("ans no-search %", "answered_without_search"), ("ans after-img %", "answered_after_image_search"),
+                     ("ans after-txt %", "answered_after_text_search"), ("no answer %", "unanswered"))
+"""The search-behaviour block: searches per tool (image searches split into crops and whole images,
+text searches and how many of them refined the previous query) and MMSearch-R1's answer behaviour
+(shares of episodes that answered after no search, after an image search last, after a text
+search last, or never answered; the four sum to 100)."""
 
-def _cell(metrics: Metrics, attr: str) -> str:
+_PERCENT = frozenset({"accuracy", "search_ratio", "format_rate", "answered_without_search",
+                      "answered_after_image_search", "answered_after_text_search", "unanswered"})
+
+
+def table_cell(metrics: Metrics, attr: str) -> str:
+    """One cell of the table as printed (percentages for shares, 2 or 3 decimals otherwise)."""
     value = getattr(metrics, attr)
     if attr == "episodes":
         return str(value)
-    if attr in ("accuracy", "search_ratio", "format_rate"):
+    if attr in _PERCENT:
         return f"{100 * value:.1f}"
     if attr == "mean_reward":
         return f"{value:.3f}"
     return f"{value:.2f}"
+
+
 
 
 def table_rows(reports: Mapping[str, EvalReport]) -> list[tuple[str, str, Metrics]]:
@@ -175,20 +196,32 @@ def table_rows(reports: Mapping[str, EvalReport]) -> list[tuple[str, str, Metric
     return rows
 
 
-def format_reports(reports: Mapping[str, EvalReport], fmt: str = "text", *, title: str | None = None) -> str:
+def format_reports(reports: Mapping[str, EvalReport], fmt: str = "text", *, title: str | None = None,
+                   behaviour: bool = False) -> str:
     """One table for several reports (one row per report and category): ``text`` or ``markdown``.
 
-    Percentages are shares of episodes; img/ep and txt/ep are search calls per episode.
+    Percentages are shares of episodes; img/ep and txt/ep are search calls per episode. With
+    ``behaviour``, a second block follows (the same rows, :data:`BEHAVIOUR_COLUMNS`): crop and
+    whole-image searches, text searches and refinements per episode, and the answer behaviour.
+    The first block is the same with or without it.
     """
     if fmt not in ("text", "markdown"):
         raise ConfigError(f"table format must be 'text' or 'markdown', got {fmt!r}")
-    header = ["policy", "category", *(name for name, _ in _COLUMNS)]
-    body = [[label, category, *(_cell(m, attr) for _, attr in _COLUMNS)]
-            for label, category, m in table_rows(reports)]
+    rows = table_rows(reports)
+    blocks = [_block(rows, _COLUMNS, fmt, title)]
+    if behaviour:
+        blocks.append(_block(rows, BEHAVIOUR_COLUMNS, fmt, "search behaviour"))
+    return "\n".join(blocks)
+
+
+def _block(rows: Sequence[tuple[str, str, Metrics]], columns: Sequence[tuple[str, str]], fmt: str,
+           title: str | None) -> str:
+    header = ["policy", "category", *(name for name, _ in columns)]
+    body = [[label, category, *(table_cell(m, attr) for _, attr in columns)] for label, category, m in rows]
     if fmt == "markdown":
         lines = [f"**{title}**", ""] if title else []
         lines.append("| " + " | ".join(header) + " |")
-        lines.append("| " + " | ".join(["---", "---"] + ["---:"] * len(_COLUMNS)) + " |")
+        lines.append("| " + " | ".join(["---", "---"] + ["---:"] * len(columns)) + " |")
         lines += ["| " + " | ".join(row) + " |" for row in body]
         return "\n".join(lines) + "\n"
     widths = [max(len(str(row[i])) for row in [header, *body]) for i in range(len(header))]

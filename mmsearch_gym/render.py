@@ -83,6 +83,7 @@ pre{white-space:pre-wrap;word-break:break-word;background:#f1f3f7;padding:8px;bo
 margin:4px 0;max-height:320px;overflow:auto}
 .error{color:var(--bad)}
 table.breakdown{width:auto;margin-top:12px}
+h3.behaviour-title{margin:14px 0 6px}
 footer{color:var(--muted);font-size:12px;margin:30px 0 10px}
 """
 
@@ -234,24 +235,44 @@ class ImageResolver:
 # --------------------------------------------------------------------------------------------
 
 
+_BEHAVIOUR_HEADS = {"episodes": "episodes", "crop_searches": "crop searches / ep",
+                    "whole_image_searches": "whole-image searches / ep", "text_calls": "text searches / ep",
+                    "text_refinements": "refined queries / ep", "answered_without_search": "answered without search %",
+                    "answered_after_image_search": "answered after image search %",
+                    "answered_after_text_search": "answered after text search %", "unanswered": "no answer %"}
+"""The search-behaviour table's headings, by the name of the :class:`~mmsearch_gym.metrics.Metrics` value."""
+
+
 def _metrics_table(trajectories: Sequence[Trajectory]) -> str:
-    from mmsearch_gym.evaluate import EvalReport, table_rows
+    """The eval table (class ``metrics``) and its search-behaviour block (class ``behaviour``)."""
+    from mmsearch_gym.evaluate import BEHAVIOUR_COLUMNS, EvalReport, table_cell, table_rows
 
     groups: dict[str, list[Trajectory]] = {}
     for traj in trajectories:
         groups.setdefault(traj.policy, []).append(traj)
     reports = {policy: EvalReport.from_trajectories(items) for policy, items in groups.items()}
+    rows_of_table = table_rows(reports)
     head = ("<tr><th>policy</th><th>category</th><th class=num>episodes</th><th class=num>accuracy %</th>"
             "<th class=num>search ratio %</th><th class=num>image searches / ep</th>"
             "<th class=num>text searches / ep</th><th class=num>format valid %</th><th class=num>mean reward</th></tr>")
     rows = []
-    for policy, category, m in table_rows(reports):
+    for policy, category, m in rows_of_table:
         cls = " class=overall" if category == "all" else ""
         rows.append(f"<tr{cls}><td>{_e(policy)}</td><td>{_e(category)}</td><td class=num>{m.episodes}</td>"
                     f"<td class=num>{100 * m.accuracy:.1f}</td><td class=num>{100 * m.search_ratio:.1f}</td>"
                     f"<td class=num>{m.image_calls:.2f}</td><td class=num>{m.text_calls:.2f}</td>"
                     f"<td class=num>{100 * m.format_rate:.1f}</td><td class=num>{m.mean_reward:.3f}</td></tr>")
-    return f"<table class=metrics><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
+    attrs = [attr for _, attr in BEHAVIOUR_COLUMNS]
+    behaviour_head = "<tr><th>policy</th><th>category</th>" + "".join(
+        f"<th class=num>{_e(_BEHAVIOUR_HEADS[attr])}</th>" for attr in attrs) + "</tr>"
+    behaviour_rows = []
+    for policy, category, m in rows_of_table:
+        cls = " class=overall" if category == "all" else ""
+        cells = "".join(f"<td class=num>{table_cell(m, attr)}</td>" for attr in attrs)
+        behaviour_rows.append(f"<tr{cls}><td>{_e(policy)}</td><td>{_e(category)}</td>{cells}</tr>")
+    return (f"<table class=metrics><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
+            "<h3 class=behaviour-title>Search behaviour</h3>"
+            f"<table class=behaviour><thead>{behaviour_head}</thead><tbody>{''.join(behaviour_rows)}</tbody></table>")
 
 
 def _anchor(index: int) -> str:
@@ -435,7 +456,10 @@ def render_report(trajectories: Iterable[Trajectory], *, title: str = "mmsearch_
         f"{_e(', '.join(policies))}</p>"
         f"<h2 id=index>Metrics</h2>{_metrics_table(items)}"
         "<p class=sub>accuracy: correct final answers; search ratio: episodes with at least one search; "
-        "searches per episode as the env ran them; format valid: the dialect's format rule.</p>"
+        "searches per episode as the env ran them; format valid: the dialect's format rule; crop / whole-image: "
+        "image searches on a crop box or on the whole image; refined queries: text searches right after a text "
+        "search; answered after ...: the kind of the last search before the answer (the four shares sum to "
+        "100).</p>"
         f"<h2>Episodes</h2><details{' open' if len(items) <= _OPEN_INDEX else ''}><summary>index of all "
         f"{len(items)} episodes</summary>{_index_table(items, set(shown))}</details>{more}"
         f"{sections}"

@@ -51,6 +51,16 @@ def test_eval_writes_table_json_markdown(tiny_env: Path, tmp_path: Path, capsys:
     assert out_md.read_text().count("| random |") == 4
 
 
+def test_eval_prints_the_search_behaviour_block(tiny_env: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    out_md = tmp_path / "r.md"
+    _eval(tmp_path, "--markdown", str(out_md), "--markdown-behaviour")
+    printed = capsys.readouterr().out
+    assert "search behaviour" in printed and "crop/ep" in printed and "ans after-txt %" in printed
+    md = out_md.read_text()
+    assert "**search behaviour**" in md and md.count("| random |") == 8  # both blocks, 4 rows each
+
+
 def test_eval_bad_input_is_a_clear_error(tiny_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["eval", "--env", TINY_ID, "--episodes", "9", "--no-progress"]) == 2
     assert "episodes must be between 1 and the 3 tasks" in capsys.readouterr().err

@@ -76,6 +76,32 @@ def test_tables_text_and_markdown() -> None:
         format_reports(reports, "html")
 
 
+def test_search_behaviour_block() -> None:
+    """The second block splits image searches into crops and whole images, counts refined text
+    queries and gives the answer behaviour; the first block is the same with or without it."""
+    log = [("crop", "text", "text"), ("image",), (), ("text", "image")]
+    results = [EpisodeResult.from_search_log(kinds, episode=i, task_id=str(i), category="c",
+                                             reward=_breakdown(1.0, 1.0), turns=len(kinds) + 1, answered=i != 3)
+               for i, kinds in enumerate(log)]
+    reports = {"p": EvalReport(results, env="E", policy="p")}
+    plain = format_reports(reports, "text")
+    text = format_reports(reports, "text", behaviour=True)
+    assert text.startswith(plain) and "search behaviour" in text and "search behaviour" not in plain
+    lines = text.splitlines()
+    header = lines[lines.index("search behaviour") + 1].split()
+    assert header[:4] == ["policy", "category", "n", "crop/ep"]
+    row = next(line.split() for line in lines[lines.index("search behaviour"):] if line.split()[:2] == ["p", "all"])
+    # crop 1/4, whole 2/4, text 3/4, refined 1/4; answers: none 1/4, after image 1/4, after text 1/4, no answer 1/4
+    assert row[2:] == ["4", "0.25", "0.50", "0.75", "0.25", "25.0", "25.0", "25.0", "25.0"]
+    md = format_reports(reports, "markdown", behaviour=True)
+    rows = [line for line in md.splitlines() if line.startswith("|")]
+    assert len(rows) == 2 * (2 + 2) and "| p | all | 4 | 0.25 | 0.50 | 0.75 | 0.25 | 25.0 | 25.0 | 25.0 | 25.0 |" in md
+    assert "search behaviour" not in format_reports(reports, "markdown")
+    report = reports["p"]
+    assert "search behaviour" in report.to_text() and "search behaviour" not in report.to_markdown()
+    assert "search behaviour" in report.to_markdown(behaviour=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # evaluate()
 # ---------------------------------------------------------------------------------------------

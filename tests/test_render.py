@@ -109,6 +109,22 @@ def test_report_structure(hostile_run: Path) -> None:
     assert csp and "default-src 'none'" in (csp[0]["content"] or "")
 
 
+def test_search_behaviour_table(hostile_run: Path) -> None:
+    """Each episode crops then searches text then answers; task t2's crop is invalid (no search)."""
+    page = Page(render_report(read_trajectories(hostile_run)))
+    assert len(page.find("table", "behaviour")) == 1
+    text = "".join(page.text)
+    for heading in ("crop searches / ep", "whole-image searches / ep", "refined queries / ep",
+                    "answered without search %", "answered after image search %", "answered after text search %"):
+        assert heading in text
+    html = render_report(read_trajectories(hostile_run))
+    table = html[html.index("<table class=behaviour>"):]
+    first_row = table[table.index("<tr class=overall>"):table.index("</tr>", table.index("<tr class=overall>"))]
+    cells = [c.split("<")[0] for c in first_row.split("<td class=num>")[1:]]
+    # 3 episodes; crops 2/3; whole 0; text 1; refined 0; answered after a text search: all
+    assert cells == ["3", "0.67", "0.00", "1.00", "0.00", "0.0", "0.0", "100.0", "0.0"]
+
+
 def test_hostile_text_is_escaped(hostile_run: Path) -> None:
     html = render_report(read_trajectories(hostile_run))
     page = Page(html)

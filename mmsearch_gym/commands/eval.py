@@ -67,6 +67,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "(e.g. '{\"serpapi\": 0.01, \"judge\": 0.0002}'); used for --json's accounting")
     parser.add_argument("--json", metavar="PATH", default=None, help="write the table as JSON")
     parser.add_argument("--markdown", metavar="PATH", default=None, help="write the table as Markdown")
+    parser.add_argument("--markdown-behaviour", action="store_true", dest="markdown_behaviour",
+                        help="add the search-behaviour block (crop/whole-image searches, refinements, answer "
+                             "behaviour; always printed) to --markdown")
     parser.add_argument("--per-episode", action="store_true", help="include one row per episode in --json")
     parser.add_argument("--trajectories", metavar="PATH", default=None,
                         help="write one JSON line per episode (replay / rescore / render read it); an existing "
@@ -176,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {args.json}", file=sys.stderr)
     if args.markdown:
         with atomic_path(args.markdown) as tmp:
-            report.save_markdown(tmp)
+            report.save_markdown(tmp, behaviour=args.markdown_behaviour)
         print(f"wrote {args.markdown}", file=sys.stderr)
     if args.trajectories:
         n = len(report.results)

@@ -44,6 +44,21 @@ def _env_spec(spec: str | Mapping[str, Any], what: str) -> tuple[str, dict[str, 
     raise ConfigError(f"recipe {what} must be an env id or {{'id': ..., 'kwargs': {{...}}}}, got {spec!r}")
 
 
+def _route_of(recipe: Mapping[str, Any]) -> str:
+    """The recipe's GRPO route: its ``route``, else ``environment`` for VLM recipes (``images``)
+    and ``rollout`` for text ones.
+
+    Only the environment route shows a VLM the result thumbnails (TRL 1.16's tool loop renders a
+    tool's image blocks into the completion and feeds their pixels to the model; a
+    ``rollout_func``'s image features come from the dataset images alone, so there the results
+    arrive as text).
+    """
+    route = recipe.get("route")
+    if route is not None:
+        return str(route)
+    return "environment" if recipe.get("images") else "rollout"
+
+
 def _recipe_system_prompt(value: str | None, dialect: Dialect) -> str | None:
     """``null``: the dialect's prompt; ``"short"``: one line plus the dialect's action hint (for
     tiny CPU models, whose cost grows with every prompt token); any other string: itself."""
@@ -111,8 +126,10 @@ def train_recipe(recipe: Mapping[str, Any], *, output_dir: Path) -> dict[str, An
       build a random tiny model locally (``entity_tokens``: the world's country names become
       single tokens); ``model_kwargs`` (e.g. ``{"dtype": "bfloat16"}``);
     * ``env``: an id or ``{"id", "kwargs"}`` (the training tasks and tools); ``categories``
-      keeps only these task categories; ``route``: ``rollout`` or ``environment``; ``images``:
-      give VLMs the image column; ``system_prompt``: null, ``"short"`` or text;
+      keeps only these task categories; ``route``: ``rollout`` or ``environment`` (default:
+      ``environment`` when ``images`` is set, the route on which result thumbnails reach a VLM,
+      with the env's dialect defaulting to ``tool-json``; else ``rollout``); ``images``: give
+      VLMs the image column; ``system_prompt``: null, ``"short"`` or text;
       ``max_turn_tokens``;
     * ``sft``: SFTConfig fields plus ``teacher``, ``episodes``, ``balance``, ``thumbnails``,
       ``trajectories``; ``grpo``: GRPOConfig fields; ``grpo_tasks``: how many tasks GRPO
@@ -188,10 +205,13 @@ def _checked(recipe: Mapping[str, Any]) -> dict[str, Any]:
 def _setup(recipe: Mapping[str, Any], output_dir: Path) -> _Run:
     output_dir.mkdir(parents=True, exist_ok=True)
     env_id, env_kwargs = _env_spec(recipe.get("env", "MMSearch-Train-v0"), "env")
+    route = _route_of(recipe)
+    if route == "environment":
+        env_kwargs.setdefault("dialect", "tool-json")  # the only dialect of TRL's tool loop
     factory = env_factory(env_id, categories=recipe.get("categories"), **env_kwargs)
     base = factory()
     return _Run(recipe=recipe, output_dir=output_dir, env_id=env_id, factory=factory, tasks=base.tasks,
-                dialect=base.dialect, route=recipe.get("route", "rollout"),
+                dialect=base.dialect, route=route,
                 images=bool(recipe.get("images", False)), seed=int(recipe.get("seed", 0)),
                 system_prompt=_recipe_system_prompt(recipe.get("system_prompt"), base.dialect),
                 max_turn_tokens=int(recipe.get("max_turn_tokens", 256)))

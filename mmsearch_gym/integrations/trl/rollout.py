@@ -3,17 +3,25 @@
 Generate until a closing tag of the dialect, step the env, append the tool result as a user
 turn rendered with the chat template, go on until the episode ends. Tokens the model sampled
 get ``env_mask`` 1; tool results and the chat-template glue around them get 0.
+
+A VLM sees the task image but the tool results as text only: TRL 1.16 computes a
+``rollout_func``'s image features from the dataset images alone (``GRPOTrainer._generate``
+returns no images for this route), so result thumbnails placed in the completion would not
+match the features of the loss's forward pass. The ``environment_factory`` route
+(:mod:`.tool_env`) shows them, and is the default of the VLM recipes; a warning says so once
+when a VLM trains here.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from PIL import Image
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase, ProcessorMixin
 from trl import GRPOTrainer
 from trl.models import unwrap_model_for_generation
 
@@ -36,6 +44,11 @@ from .generation import (
     _tool_turn_ids,
     hf_generate,
 )
+
+TEXT_RESULTS_WARNING = (
+    "mmsearch_gym: on the rollout_func route a VLM gets the tool results as text only (TRL 1.16 feeds a "
+    "rollout_func's model only the dataset images); use route='environment' (tool-json dialect) for result "
+    "thumbnails as images")
 
 
 @dataclass
@@ -83,8 +96,13 @@ class MMSearchRollout:
         self.max_turn_tokens = max_turn_tokens
         self.generation_kwargs = dict(generation_kwargs or {})
 
+    _warned_vision = False
+
     # -- the TRL entry point ------------------------------------------------------------------
     def __call__(self, prompts: list[list[dict[str, Any]]], trainer: GRPOTrainer) -> dict[str, Any]:
+        if isinstance(trainer.processing_class, ProcessorMixin) and not self._warned_vision:
+            self._warned_vision = True
+            warnings.warn(TEXT_RESULTS_WARNING, UserWarning, stacklevel=2)
         use_vllm = bool(getattr(trainer, "use_vllm", False))
         generate: Generate
         if use_vllm:
