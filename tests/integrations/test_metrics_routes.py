@@ -23,9 +23,9 @@ import pytest
 pytest.importorskip("trl")
 pytest.importorskip("stable_baselines3")
 
-from fixture_world import CapitalReader  # noqa: E402
+from fixture_world import ANSWER, BAD_CROP, CROP, IMAGE, TEXT, CapitalReader, R  # noqa: E402
 
-from mmsearch_gym.evaluate import EvalReport, evaluate  # noqa: E402
+from mmsearch_gym.evaluate import evaluate  # noqa: E402
 from mmsearch_gym.integrations import sb3 as S  # noqa: E402
 from mmsearch_gym.integrations import trl as T  # noqa: E402
 from mmsearch_gym.integrations.tiny_models import build_tokenizer  # noqa: E402
@@ -35,18 +35,13 @@ from mmsearch_gym.registration import make_env  # noqa: E402
 from mmsearch_gym.search.base import MemoryBackend  # noqa: E402
 from mmsearch_gym.tasks import TaskSet  # noqa: E402
 
-R = "<reason>r</reason>"
-IMAGE = R + "<search><img></search>"
-CROP = R + "<crop>200,20,300,90</crop><search><img></search>"
-BAD_CROP = R + "<crop>5000,5000,6000,6000</crop><search><img></search>"
-TEXT = R + "<text_search>france capital</text_search>"
 BOTH = R + "<search><img></search><text_search>france capital</text_search>"
 
 SCRIPTS: dict[str, tuple[str, list[str]]] = {
     # episode name: (task of the fixture world, the assistant turns)
-    "invalid crop, then an answer": ("t1", [BAD_CROP, R + "<answer>Paris</answer>"]),
-    "both tags in one turn": ("t1", [BOTH, TEXT, R + "<answer>Paris</answer>"]),
-    "image, text, answer": ("t1", [IMAGE, TEXT, R + "<answer>Paris</answer>"]),
+    "invalid crop, then an answer": ("t1", [BAD_CROP, ANSWER]),
+    "both tags in one turn": ("t1", [BOTH, TEXT, ANSWER]),
+    "image, text, answer": ("t1", [IMAGE, TEXT, ANSWER]),
     "crop, then a wrong answer": ("t0", [CROP, R + "<answer>Italy</answer>"]),
     "out of turns": ("t1", [IMAGE, TEXT, TEXT]),
     "direct answer": ("t2", [R + "<answer>1</answer>"]),

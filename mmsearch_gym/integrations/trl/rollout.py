@@ -17,7 +17,7 @@ from transformers import PreTrainedTokenizerBase
 from trl import GRPOTrainer
 from trl.models import unwrap_model_for_generation
 
-from mmsearch_gym.actions import Dialect, Invalid, get_dialect
+from mmsearch_gym.actions import Dialect, get_dialect
 from mmsearch_gym.env import MMSearchEnv
 from mmsearch_gym.env_factory import unwrap_env
 from mmsearch_gym.errors import ConfigError
@@ -153,10 +153,8 @@ class MMSearchRollout:
         _obs, _reward, terminated, truncated, info = ep.env.step(text)
         ep.steps += 1
         ep.last_info = info
-        action = info.get("action")
         ep.tool_calls = _searches_run(info)
-        if isinstance(action, Invalid):
-            ep.invalid_turns += 1
+        ep.invalid_turns = int(info["invalid_turns"])
         if terminated or truncated:
             ep.breakdown = info["reward_breakdown"]
             self._close(ep, tokenizer, finished=True)
