@@ -218,7 +218,7 @@ def unwrap_env(env: gym.Env) -> MMSearchEnv:
     """The MMSearchEnv under any wrappers; ConfigError for another env."""
     from mmsearch_gym.env import MMSearchEnv
 
-    base = env.unwrapped
+    base = getattr(env, "unwrapped", env)
     if not isinstance(base, MMSearchEnv):
         raise ConfigError(f"this needs an MMSearchEnv (possibly wrapped), got {type(base).__name__}")
     return base
