@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     import gymnasium as gym
 
     from mmsearch_gym.env import MMSearchEnv
+    from mmsearch_gym.tasks import TaskSet
 
 __all__ = ["EnvFactory", "SiblingEnvs", "describe_env", "unwrap_env"]
 
@@ -67,6 +68,21 @@ class EnvFactory:
                 raise ConfigError("env overrides go with an env id; bake them into the factory instead")
             return cls(None, {}, None, env)
         raise ConfigError(f"env must be an env id, a spec, or a factory returning an env, got {type(env).__name__}")
+
+    @classmethod
+    def like(cls, env: gym.Env, tasks: TaskSet | None = None) -> EnvFactory:
+        """A factory of new envs with ``env``'s settings that share its task set (or ``tasks``),
+        search backend and grounder; ``env`` itself is never handed out or stepped."""
+        from mmsearch_gym.registration import make_env
+
+        base = unwrap_env(env)
+        return cls(factory=functools.partial(
+            make_env, tasks=tasks if tasks is not None else base.tasks, backend=base.backend,
+            grounder=base.grounder, reward=base.reward_spec, dialect=base.dialect.name, max_turns=base.max_turns,
+            image_search_budget=base.image_search_budget, text_search_budget=base.text_search_budget,
+            top_k=base.top_k, on_invalid=base.on_invalid, image_size=base.image_size,
+            min_crop_side=base.min_crop_side, max_text_length=base.max_text_length, render_mode=base.render_mode,
+            system_prompt=base.system_prompt, info_messages=base.info_messages))
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> EnvFactory:
@@ -203,7 +219,7 @@ def unwrap_env(env: gym.Env) -> MMSearchEnv:
     """The MMSearchEnv under any wrappers; ConfigError for another env."""
     from mmsearch_gym.env import MMSearchEnv
 
-    base = env.unwrapped
+    base = getattr(env, "unwrapped", env)
     if not isinstance(base, MMSearchEnv):
         raise ConfigError(f"this needs an MMSearchEnv (possibly wrapped), got {type(base).__name__}")
     return base

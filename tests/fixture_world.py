@@ -60,6 +60,16 @@ class CapitalReader:
         return str(len(objects)) if question.lower().startswith("how many") else None
 
 
+R = "<reason>r</reason>"
+"""Turns of the fixture world in the mmsearch-r1 dialect (the metrics tests play them)."""
+IMAGE = R + "<search><img></search>"
+CROP = R + "<crop>200,20,300,90</crop><search><img></search>"
+BAD_CROP = R + "<crop>5000,5000,6000,6000</crop><search><img></search>"
+"""A crop outside the image: the env rejects it and runs no search; the scorer still counts one."""
+TEXT = R + "<text_search>france capital</text_search>"
+ANSWER = R + "<answer>Paris</answer>"
+
+
 def france_backend() -> MemoryBackend:
     """Canned results: any image search finds the flag of France, "france capital" finds Paris."""
     flag = Hit("Flag of France", "https://example.org/flag/fr", "The flag of France.", 1.0, "memory",

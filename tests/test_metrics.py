@@ -7,7 +7,7 @@ import functools
 from pathlib import Path
 
 import pytest
-from fixture_world import CapitalReader, planned
+from fixture_world import ANSWER, BAD_CROP, IMAGE, TEXT, CapitalReader, R, planned
 
 from mmsearch_gym.errors import ConfigError
 from mmsearch_gym.evaluate import EpisodeResult as EvalEpisodeResult
@@ -20,13 +20,6 @@ from mmsearch_gym.reward import RewardBreakdown
 from mmsearch_gym.search.base import MemoryBackend
 from mmsearch_gym.tasks import TaskSet
 from mmsearch_gym.trajectories import read_trajectories
-
-R = "<reason>r</reason>"
-IMAGE = R + "<search><img></search>"
-CROP = R + "<crop>200,20,300,90</crop><search><img></search>"
-BAD_CROP = R + "<crop>5000,5000,6000,6000</crop><search><img></search>"
-TEXT = R + "<text_search>france capital</text_search>"
-ANSWER = R + "<answer>Paris</answer>"
 
 
 def play(env, turns: list[str], index: int = 1) -> dict:

@@ -734,11 +734,17 @@ def test_tiny_tokenizer_keeps_tags_whole() -> None:
 
 
 def test_episode_metrics() -> None:
-    breakdowns = [{"raw_score": 1.0, "searches": 1, "format": 1.0, "image_searches": 1, "text_searches": 0,
-                   "reward": 0.91},
-                  {"raw_score": 0.0, "searches": 0, "format": 0.0, "image_searches": 0, "text_searches": 0,
-                   "reward": 0.0}]
-    metrics = T.episode_metrics(breakdowns)
+    from mmsearch_gym.metrics import EpisodeResult
+    from mmsearch_gym.reward import RewardBreakdown
+
+    breakdowns = [RewardBreakdown(reward=0.91, score=0.91, raw_score=1.0, format=1.0, searches=1, image_searches=1,
+                                  text_searches=0, penalty=0.09, answer="France"),
+                  RewardBreakdown(reward=0.0, score=0.0, raw_score=0.0, format=0.0, searches=0, image_searches=0,
+                                  text_searches=0, penalty=0.0, answer=None)]
+    results = [EpisodeResult(0, "t0", "crop", breakdowns[0], image_searches=1, text_searches=0, turns=2,
+                             answered=True, last_search="image"),
+               EpisodeResult(1, "t2", "search_free", breakdowns[1], image_searches=0, text_searches=0, turns=1)]
+    metrics = T.episode_metrics(results)
     assert metrics["mmsearch/accuracy"] == 0.5 and metrics["mmsearch/search_ratio"] == 0.5
     assert metrics["mmsearch/image_search_calls"] == 0.5 and metrics["mmsearch/env_reward"] == pytest.approx(0.455)
     with pytest.raises(ConfigError):

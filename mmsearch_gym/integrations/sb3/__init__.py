@@ -60,12 +60,12 @@ from .decision import (
 )
 from .memo import MemoBackend, preload_images
 from .policy import EXPORT_FORMAT, SB3Policy, export_policy
-from .recipes import make_vec_env, rollout_stats, train_recipe
+from .recipes import make_vec_env, rollout_stats, summarise, train_recipe
 from .wrapper import SearchDecisionEnv
 
 __all__ = [
     "ACTION_ANSWER", "ACTION_IMAGE", "ACTION_TEXT", "CROP_POSITIONS", "CROP_TARGETS", "EXPORT_FORMAT",
     "DecisionConfig", "DecisionCore", "Evidence", "FeatureCache", "MemoBackend", "SB3Policy", "SearchDecisionEnv",
-    "decision_spaces", "export_policy", "hashed_bag", "make_vec_env", "preload_images", "rollout_stats",
+    "decision_spaces", "export_policy", "hashed_bag", "make_vec_env", "preload_images", "rollout_stats", "summarise",
     "train_recipe", "window_box",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -16,11 +17,14 @@ from stable_baselines3.common.env_util import make_vec_env as sb3_make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 from tqdm.auto import tqdm
 
+from mmsearch_gym.env import MMSearchEnv
+from mmsearch_gym.env_factory import EnvFactory, unwrap_env
 from mmsearch_gym.errors import ConfigError
+from mmsearch_gym.metrics import EpisodeResult
 from mmsearch_gym.search.base import SearchBackend
 from mmsearch_gym.tasks import TaskSet
 
-from .decision import DecisionConfig, FeatureCache, _default_grounder
+from .decision import DecisionConfig, FeatureCache
 from .memo import MemoBackend, preload_images
 from .policy import _ACTIVATIONS, _ALGORITHMS, SB3Policy, export_policy
 from .wrapper import SearchDecisionEnv
@@ -68,7 +72,9 @@ _ENV_KEYS = {"tasks", "backend", "dialect", "reward", "max_turns", "image_search
 
 def _env_factory(env_cfg: Mapping[str, Any], tasks: TaskSet, backend: SearchBackend,
                  decision: DecisionConfig) -> Callable[[], SearchDecisionEnv]:
-    from mmsearch_gym.env import MMSearchEnv
+    """Decision envs over sibling MMSearchEnvs of the core :class:`EnvFactory` (one task set,
+    backend and grounder for all) with one image feature cache."""
+    from mmsearch_gym.registration import make_env
 
     kwargs = {k: v for k, v in env_cfg.items()
               if k not in ("tasks", "backend", "grounder", "preload_images", "memo_search")}
@@ -77,53 +83,48 @@ def _env_factory(env_cfg: Mapping[str, Any], tasks: TaskSet, backend: SearchBack
     grounder = env_cfg.get("grounder", "annotations")
     if grounder not in ("annotations", None):
         raise ConfigError(f"env.grounder must be 'annotations' or null, got {grounder!r}")
-
+    siblings = EnvFactory.create(functools.partial(make_env, tasks=tasks, backend=backend, grounder=grounder,
+                                                   **kwargs)).siblings()
     features = FeatureCache()
 
     def make() -> SearchDecisionEnv:
-        g = _default_grounder() if grounder == "annotations" else None
-        return SearchDecisionEnv(MMSearchEnv(tasks, backend, grounder=g, **kwargs), config=decision,
-                                 grounder=g, feature_cache=features)
+        env = siblings.new()
+        return SearchDecisionEnv(env, config=decision, grounder=unwrap_env(env).grounder, feature_cache=features)
 
     return make
 
 
 def rollout_stats(policy: SB3Policy | BaseAlgorithm, env: SearchDecisionEnv, *,
                   episodes: int | None = None, progress: bool = False) -> dict[str, Any]:
-    """Greedy episodes on task 0..N-1 of the wrapped env: mean reward, accuracy, search ratio
-    and calls per tool, overall and per category (the evaluator's definitions). A quick check
-    inside training; ``mmsearch_gym.evaluate`` is the reference evaluation."""
+    """Greedy episodes on task 0..N-1 of the wrapped env, summed by :func:`summarise` (the
+    evaluator's table: accuracy, search ratio, calls per tool ..., overall and per category). A
+    quick check inside training; ``mmsearch_gym.evaluate`` is the reference evaluation."""
     model_policy = policy.policy if isinstance(policy, (SB3Policy, BaseAlgorithm)) else policy
     tasks = env.mmsearch_env.tasks
     n = len(tasks) if episodes is None else min(int(episodes), len(tasks))
-    rows: list[dict[str, Any]] = []
+    results: list[EpisodeResult] = []
     for index in tqdm(range(n), desc="eval", disable=not progress):
-        obs, info = env.reset(options={"task_index": index})
+        obs, _ = env.reset(options={"task_index": index})
         while True:
             action, _ = model_policy.predict(obs[None], deterministic=True)
             obs, _, terminated, truncated, step_info = env.step(int(np.asarray(action).reshape(-1)[0]))
             if terminated or truncated:
                 break
-        breakdown = step_info["reward_breakdown"]
-        rows.append({"category": info["category"], "reward": breakdown.reward,
-                     "correct": breakdown.raw_score > 0.5, "image": step_info["image_searches"],
-                     "text": step_info["text_searches"]})
-    return _summarise(rows)
+        results.append(EpisodeResult.from_info(step_info, episode=index))
+    return summarise(results, env.mmsearch_env, policy=getattr(policy, "name", type(policy).__name__))
 
 
-def _summarise(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    def stats(group: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        n = max(1, len(group))
-        return {"episodes": len(group),
-                "mean_reward": sum(r["reward"] for r in group) / n,
-                "accuracy": sum(r["correct"] for r in group) / n,
-                "search_ratio": sum((r["image"] + r["text"]) > 0 for r in group) / n,
-                "calls_per_episode": {"image_search": sum(r["image"] for r in group) / n,
-                                      "text_search": sum(r["text"] for r in group) / n}}
-    out = stats(rows)
-    out["per_category"] = {c: stats([r for r in rows if r["category"] == c])
-                           for c in sorted({r["category"] for r in rows})}
-    return out
+def summarise(results: Sequence[EpisodeResult], env: MMSearchEnv, *, policy: str = "sb3") -> dict[str, Any]:
+    """The eval report of ended episodes (:class:`~mmsearch_gym.evaluate.EvalReport`'s JSON:
+    :class:`~mmsearch_gym.metrics.Metrics` overall and ``per_category``)."""
+    from mmsearch_gym.evaluate import EvalReport
+
+    report = EvalReport(list(results), env=env.tasks.name, policy=policy, dialect=env.dialect.name,
+                        reward_spec=env.reward_spec.describe())
+    return report.to_json()
+
+
+_summarise = summarise  # the former private name
 
 
 def train_recipe(recipe: Mapping[str, Any], *, output_dir: Path) -> dict[str, Any]:

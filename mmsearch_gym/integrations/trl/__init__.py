@@ -20,7 +20,8 @@ scores model text itself):
   reward function that also logs metrics), after which TRL's ``get_reward`` call reads the
   env's reward.
 
-Modules, one concern each: :mod:`.envs` (sibling envs), :mod:`.data` (GRPO prompts),
+Modules, one concern each: :mod:`.envs` (sibling envs, built by the core's ``EnvFactory``;
+``EnvFactory`` here is that class), :mod:`.data` (GRPO prompts),
 :mod:`.generation` (tokens, ``generate``, stop cutting), :mod:`.rollout`, :mod:`.tool_env`,
 :mod:`.rewards`, :mod:`.sft_data` (SFT transcripts from teacher episodes, balanced 50:50
 search-required / search-free, tool results masked by TRL's ``assistant_only_loss``),
@@ -33,7 +34,7 @@ This package is the only one that imports trl.
 from __future__ import annotations
 
 from .data import to_dataset
-from .envs import EnvFactory, EnvSource, env_factory
+from .envs import EnvFactory, EnvMaker, EnvSource, env_factory, env_siblings
 from .generation import hf_generate
 from .models import default_chat_template, load_model, make_tiny_model
 from .recipe import TRL_VERSION, train_recipe
@@ -44,9 +45,9 @@ from .tool_env import MMSearchToolEnv, make_tool_env_factory, prepare_tool_calli
 from .trainers import evaluate_model, make_grpo_trainer, make_sft_trainer
 
 __all__ = [
-    "TRL_VERSION", "EnvFactory", "EnvSource", "MMSearchRollout", "MMSearchToolEnv", "build_sft_dataset",
-    "default_chat_template", "env_factory", "env_reward", "episode_accuracy", "episode_metrics", "evaluate_model",
-    "hf_generate", "load_model", "make_grpo_trainer", "make_rollout_func", "make_sft_trainer", "make_tiny_model",
-    "make_tool_env_factory", "prepare_tool_calling", "record_teacher", "to_dataset", "train_recipe",
-    "trajectory_messages",
+    "EnvFactory", "EnvMaker", "EnvSource", "MMSearchRollout", "MMSearchToolEnv", "TRL_VERSION", "build_sft_dataset",
+    "default_chat_template", "env_factory", "env_reward", "env_siblings", "episode_accuracy", "episode_metrics",
+    "evaluate_model", "hf_generate", "load_model", "make_grpo_trainer", "make_rollout_func", "make_sft_trainer",
+    "make_tiny_model", "make_tool_env_factory", "prepare_tool_calling", "record_teacher", "to_dataset",
+    "train_recipe", "trajectory_messages",
 ]

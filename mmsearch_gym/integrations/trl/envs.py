@@ -1,5 +1,7 @@
-"""Sibling envs for TRL: an env id, instance or factory -> a factory of fresh envs sharing tasks
-and backend (one env per concurrent episode), plus the task lookup of env ids."""
+"""Sibling envs for TRL, built by the core :class:`~mmsearch_gym.env_factory.EnvFactory`: an env
+id, a JSON description, an EnvFactory, an env instance or a callable -> fresh MMSearchEnvs that
+share one task set and search backend (one env per concurrent episode), plus the task lookup of
+env ids."""
 
 from __future__ import annotations
 
@@ -9,86 +11,43 @@ from typing import Any
 import gymnasium as gym
 
 from mmsearch_gym.env import MMSearchEnv
+from mmsearch_gym.env_factory import EnvFactory, SiblingEnvs, unwrap_env
 from mmsearch_gym.errors import ConfigError
+from mmsearch_gym.metrics import EpisodeResult
+from mmsearch_gym.reward import RewardBreakdown
 from mmsearch_gym.tasks import TaskSet
 
-EnvFactory = Callable[[], MMSearchEnv]
-"""A zero-argument callable returning a fresh MMSearchEnv (one per concurrent episode)."""
+EnvMaker = Callable[[], MMSearchEnv]
+"""A zero-argument callable returning a fresh MMSearchEnv (what :func:`env_factory` returns)."""
 
-EnvSource = str | MMSearchEnv | EnvFactory
-"""What the TRL helpers accept as an env: an env id, an env (copied, never stepped) or a factory."""
-
-
-def _clone_env(env: MMSearchEnv, tasks: TaskSet | None = None) -> MMSearchEnv:
-    """A new env sharing ``env``'s backend, grounder, limits and (unless given) task set."""
-    return MMSearchEnv(
-        tasks if tasks is not None else env.tasks, env.backend, dialect=env.dialect, reward=env.reward_spec,
-        grounder=env.grounder, max_turns=env.max_turns, image_search_budget=env.image_search_budget,
-        text_search_budget=env.text_search_budget, top_k=env.top_k, on_invalid=env.on_invalid,
-        image_size=env.image_size, min_crop_side=env.min_crop_side,
-        max_text_length=env.max_text_length, system_prompt=env.system_prompt,
-    )
+EnvSource = str | Mapping[str, Any] | EnvFactory | MMSearchEnv | Callable[..., gym.Env]
+"""What the TRL helpers accept as an env: an env id, a JSON env description, an
+:class:`EnvFactory`, an env (copied, never stepped) or a callable returning an env."""
 
 
-def env_factory(env: EnvSource, *, categories: Sequence[str] | None = None,
-                **env_kwargs: Any) -> EnvFactory:
-    """Turn an env id (``"MMSearch-Train-v0"``), an env or a factory into an :data:`EnvFactory`.
-
-    Envs made from an id or an instance share one task set and one search backend (so the disk
-    cache and the backend's index are loaded once), and each call returns a fresh env (an
-    instance you pass is copied, never stepped itself). ``categories`` keeps only the tasks of
-    those categories.
-    """
-    if categories is not None:
-        base = env_factory(env, **env_kwargs)()
-        tasks = base.tasks.filter(lambda task: task.category in set(categories),
-                                  name=f"{base.tasks.name}[{','.join(categories)}]")
-        return env_factory(_clone_env(base, tasks))
-    if isinstance(env, str):
-        import mmsearch_gym  # noqa: F401  (registers the env ids)
-
-        first = gym.make(env, **env_kwargs).unwrapped
-        if not isinstance(first, MMSearchEnv):
-            raise ConfigError(f"env {env!r} is not an MMSearchEnv")
-        template = first
-    elif isinstance(env, MMSearchEnv):
+def env_siblings(env: EnvSource, *, categories: Sequence[str] | None = None, **env_kwargs: Any) -> SiblingEnvs:
+    """The core's sibling envs of ``env`` (``env_kwargs`` are overrides of an id or a spec);
+    ``categories`` keeps only the tasks of those categories."""
+    if isinstance(env, gym.Env):
         if env_kwargs:
-            raise ConfigError("env_kwargs only apply when the env is given by id")
-        return lambda: _clone_env(env)
-    elif callable(env):
-        if env_kwargs:
-            raise ConfigError("env_kwargs only apply when the env is given by id")
-        return env
+            raise ConfigError("env_kwargs only apply when the env is given by id or spec")
+        siblings = EnvFactory.like(env).siblings()
     else:
-        raise ConfigError(f"env must be an env id, an MMSearchEnv or a factory, got {type(env).__name__}")
-    handed_out = [False]
-
-    def make() -> MMSearchEnv:
-        if not handed_out[0]:
-            handed_out[0] = True
-            return template
-        return _clone_env(template)
-
-    return make
+        siblings = EnvFactory.create(env, env_kwargs).siblings()
+    if categories is None:
+        return siblings
+    first = unwrap_env(siblings.new())
+    wanted = set(categories)
+    tasks = first.tasks.filter(lambda task: task.category in wanted, name=f"{first.tasks.name}[{','.join(categories)}]")
+    return EnvFactory.like(first, tasks).siblings()
 
 
-class _EnvPool:
-    """Reusable envs: GRPO resets hundreds of episodes per step; envs are built only once."""
-
-    def __init__(self, factory: EnvFactory) -> None:
-        self.factory = factory
-        self.envs: list[MMSearchEnv] = []
-
-    def take(self, n: int) -> list[MMSearchEnv]:
-        while len(self.envs) < n:
-            env = self.factory()
-            if not isinstance(env, MMSearchEnv):
-                raise ConfigError(f"the env factory returned {type(env).__name__}, not an MMSearchEnv")
-            self.envs.append(env)
-        return self.envs[:n]
-
-    def first(self) -> MMSearchEnv:
-        return self.take(1)[0]
+def env_factory(env: EnvSource, *, categories: Sequence[str] | None = None, **env_kwargs: Any) -> EnvMaker:
+    """An :data:`EnvMaker` for ``env`` (see :func:`env_siblings`): each call returns a fresh
+    MMSearchEnv sharing the task set and search backend of the others (an instance you pass is
+    copied, never stepped itself)."""
+    siblings = env_siblings(env, categories=categories, **env_kwargs)
+    return lambda: unwrap_env(siblings.new())
 
 
 def _resolve_tasks(source: TaskSet | str, split: str | None) -> tuple[TaskSet, str | None]:
@@ -121,3 +80,11 @@ def _resolve_tasks(source: TaskSet | str, split: str | None) -> tuple[TaskSet, s
 def _searches_run(info: Mapping[str, Any]) -> dict[str, int]:
     """The searches the env has sent to its backend so far in this episode (its own counters)."""
     return {"image_search": int(info["image_searches"]), "text_search": int(info["text_searches"])}
+
+
+def _episode_result(info: Mapping[str, Any], breakdown: RewardBreakdown) -> EpisodeResult:
+    """What an episode counts (:meth:`EpisodeResult.from_info`), given the info of its last step
+    (or of its reset, when no turn was played) and its reward breakdown: the env's, or
+    ``env.score()`` for an episode the rollout cut short."""
+    start = {"turn": 0, "image_searches": 0, "text_searches": 0, "search_log": ()}
+    return EpisodeResult.from_info({**start, **info, "reward_breakdown": breakdown})

@@ -20,7 +20,7 @@ from mmsearch_gym.errors import ConfigError
 from mmsearch_gym.tasks import TaskSet
 
 from .data import _text_of, to_dataset
-from .envs import EnvFactory, env_factory
+from .envs import EnvMaker, env_factory
 from .generation import Processing
 from .lora import LoraSpec, trainable_parameters
 from .models import load_model, make_tiny_model
@@ -178,7 +178,7 @@ class _Run:
     recipe: Mapping[str, Any]
     output_dir: Path
     env_id: str
-    factory: EnvFactory
+    factory: EnvMaker
     tasks: TaskSet
     dialect: Dialect
     route: str
@@ -226,7 +226,7 @@ def _sft_dataset(run: _Run, sft_options: dict[str, Any]) -> datasets.Dataset:
         system_prompt=run.system_prompt, work_dir=run.output_dir / "sft")
 
 
-def _eval_data(run: _Run) -> tuple[EnvFactory, datasets.Dataset] | None:
+def _eval_data(run: _Run) -> tuple[EnvMaker, datasets.Dataset] | None:
     options = run.recipe.get("eval")
     if not options:
         return None
@@ -238,7 +238,7 @@ def _eval_data(run: _Run) -> tuple[EnvFactory, datasets.Dataset] | None:
 
 
 def _evaluate(run: _Run, model: PreTrainedModel, processing: Processing,
-              evaluation: tuple[EnvFactory, datasets.Dataset]) -> dict[str, float]:
+              evaluation: tuple[EnvMaker, datasets.Dataset]) -> dict[str, float]:
     factory, data = evaluation
     report = evaluate_model(model, processing, factory, data, max_turn_tokens=run.max_turn_tokens,
                             max_completion_length=int(run.recipe["eval"].get("max_completion_length", 512)))

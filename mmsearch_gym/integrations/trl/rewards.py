@@ -1,5 +1,5 @@
 """GRPO reward functions: they read the env's rewards (nothing is re-scored here) and log the
-papers' numbers through TRL's ``log_metric``."""
+papers' numbers through TRL's ``log_metric``, as :mod:`mmsearch_gym.metrics` defines them."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mmsearch_gym.errors import ConfigError
+from mmsearch_gym.metrics import EpisodeResult, Metrics
 
 from .data import Content, _text_of
 from .tool_env import MMSearchToolEnv
@@ -14,23 +15,27 @@ from .tool_env import MMSearchToolEnv
 Completion = str | Sequence[Mapping[str, Any]]
 """What TRL hands a reward function per rollout: the completion text or its messages."""
 
+PREFIX = "mmsearch/"
+"""The prefix of the metrics in the trainer logs."""
 
-def episode_metrics(breakdowns: Sequence[Mapping[str, Any]],
-                    tool_calls: Sequence[Mapping[str, int]] | None = None) -> dict[str, float]:
-    """Batch means of the papers' evaluation numbers, from the env's reward breakdowns."""
-    n = max(1, len(breakdowns))
-    metrics = {
-        "mmsearch/accuracy": sum(b["raw_score"] > 0.5 for b in breakdowns) / n,
-        "mmsearch/search_ratio": sum(b["searches"] > 0 for b in breakdowns) / n,
-        "mmsearch/format_rate": sum(b["format"] > 0.5 for b in breakdowns) / n,
-        "mmsearch/image_search_calls": sum(b["image_searches"] for b in breakdowns) / n,
-        "mmsearch/text_search_calls": sum(b["text_searches"] for b in breakdowns) / n,
-        "mmsearch/env_reward": sum(b["reward"] for b in breakdowns) / n,
-    }
-    if tool_calls is not None:
-        metrics["mmsearch/executed_image_searches"] = sum(t.get("image_search", 0) for t in tool_calls) / n
-        metrics["mmsearch/executed_text_searches"] = sum(t.get("text_search", 0) for t in tool_calls) / n
-    return metrics
+FORMER_NAMES = {"search_ratio": "searches_run_ratio", "image_search_calls": "image_searches",
+                "text_search_calls": "text_searches", "env_reward": "mean_reward"}
+"""Log names of earlier versions (read by existing curves and benchmarks) -> the metric each now
+repeats. ``search_ratio`` is the papers' (and ``mmsearch-gym eval``'s): searches run."""
+
+
+def episode_metrics(results: Sequence[EpisodeResult | Mapping[str, Any]]) -> dict[str, float]:
+    """The batch's :class:`~mmsearch_gym.metrics.Metrics` as ``{"mmsearch/" + name: value}``.
+
+    ``results`` are EpisodeResults or the infos of the steps that ended the episodes. Every
+    name of :meth:`Metrics.to_log` is logged (``searches_run_ratio`` and
+    ``searches_scored_ratio`` among them), plus :data:`FORMER_NAMES`.
+    """
+    episodes = [r if isinstance(r, EpisodeResult) else EpisodeResult.from_info(r, episode=i)
+                for i, r in enumerate(results)]
+    log = Metrics.of(episodes).to_log(PREFIX)
+    log.update({PREFIX + old: log[PREFIX + new] for old, new in FORMER_NAMES.items()})
+    return log
 
 
 def _log(kwargs: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
@@ -41,16 +46,16 @@ def _log(kwargs: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
 
 
 def env_reward(prompts: list[Content], completions: list[Completion], env_reward: list[float] | None = None,
-               reward_breakdown: list[Mapping[str, Any]] | None = None, **kwargs: Any) -> list[float]:
+               env_results: list[EpisodeResult] | None = None, **kwargs: Any) -> list[float]:
     """GRPO reward of the rollout route: the env's episode reward, as the env computed it.
 
-    Also logs accuracy, search ratio, format rate and calls per tool through TRL's
-    ``log_metric`` (they appear next to ``reward`` in the trainer logs).
+    Also logs :func:`episode_metrics` of the episodes through TRL's ``log_metric`` (they appear
+    next to ``reward`` in the trainer logs).
     """
-    if env_reward is None or reward_breakdown is None:
+    if env_reward is None or env_results is None:
         raise ConfigError("env_reward reads the env rewards of mmsearch_gym's rollout_func; "
                           "pass rollout_func=make_rollout_func(...) to GRPOTrainer")
-    _log(kwargs, episode_metrics(reward_breakdown, kwargs.get("env_tool_calls")))
+    _log(kwargs, episode_metrics(env_results))
     return [float(r) for r in env_reward]
 
 
@@ -72,7 +77,7 @@ def episode_accuracy(prompts: list[Content], completions: list[Completion],
     """Weight-0 reward function of the tool route: finishes each episode, logs metrics.
 
     It steps each rollout's final assistant message into its env (so the env scores the
-    answer), logs accuracy, search ratio, format rate and tool calls, and returns the
+    answer), logs :func:`episode_metrics` of the episodes, and returns the
     correctness score for logging (give it weight 0: the GRPO reward is the env's, from
     ``get_reward``). TRL calls synchronous reward functions in order before the
     environment's ``get_reward``.
@@ -82,6 +87,6 @@ def episode_accuracy(prompts: list[Content], completions: list[Completion],
     for environment, completion in zip(environments, completions):
         if isinstance(environment, MMSearchToolEnv):
             environment._finish(_final_assistant_text(completion))
-    breakdowns = [e.breakdown.to_json() for e in environments]
-    _log(kwargs, episode_metrics(breakdowns, [e.tool_calls for e in environments]))
-    return [float(b["raw_score"]) for b in breakdowns]
+    results = [e.result for e in environments]
+    _log(kwargs, episode_metrics(results))
+    return [float(r.reward.raw_score) for r in results]

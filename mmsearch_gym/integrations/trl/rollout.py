@@ -25,13 +25,15 @@ from transformers import PreTrainedTokenizerBase, ProcessorMixin
 from trl import GRPOTrainer
 from trl.models import unwrap_model_for_generation
 
-from mmsearch_gym.actions import Dialect, Invalid, get_dialect
+from mmsearch_gym.actions import Dialect, get_dialect
 from mmsearch_gym.env import MMSearchEnv
+from mmsearch_gym.env_factory import unwrap_env
 from mmsearch_gym.errors import ConfigError
+from mmsearch_gym.metrics import EpisodeResult
 from mmsearch_gym.policies import text_only_content
 from mmsearch_gym.reward import RewardBreakdown
 
-from .envs import EnvSource, _EnvPool, _searches_run, env_factory
+from .envs import EnvSource, _episode_result, _searches_run, env_siblings
 from .generation import (
     Generate,
     Processing,
@@ -71,6 +73,9 @@ class _Episode:
     finished: bool = False
     """True when the env itself ended the episode (answer or limit), False when tokens ran out."""
     breakdown: RewardBreakdown | None = None
+    result: EpisodeResult | None = None
+    """What the episode counts (:mod:`mmsearch_gym.metrics`), set when it is done."""
+    last_info: dict[str, Any] = field(default_factory=dict)
     tool_calls: dict[str, int] = field(default_factory=lambda: {"image_search": 0, "text_search": 0})
     """Searches the env ran (sent to its backend) in this episode."""
     invalid_turns: int = 0
@@ -84,8 +89,9 @@ class MMSearchRollout:
     def __init__(self, env: EnvSource, *, dialect: str | Dialect | None = None,
                  max_turns: int | None = None, max_turn_tokens: int = 256,
                  generation_kwargs: Mapping[str, Any] | None = None, **env_kwargs: Any) -> None:
-        self.pool = _EnvPool(env_factory(env, **env_kwargs))
-        sample = self.pool.first()
+        self.envs = env_siblings(env, **env_kwargs)
+        """One env per concurrent episode, built on first use and reused (GRPO plays hundreds per step)."""
+        sample = self._env(0)
         self.dialect = get_dialect(dialect) if dialect is not None else sample.dialect
         if self.dialect.name != sample.dialect.name:
             raise ConfigError(f"the rollout dialect {self.dialect.name!r} differs from the env's "
@@ -97,6 +103,9 @@ class MMSearchRollout:
         self.generation_kwargs = dict(generation_kwargs or {})
 
     _warned_vision = False
+
+    def _env(self, index: int) -> MMSearchEnv:
+        return unwrap_env(self.envs.get(index))
 
     # -- the TRL entry point ------------------------------------------------------------------
     def __call__(self, prompts: list[list[dict[str, Any]]], trainer: GRPOTrainer) -> dict[str, Any]:
@@ -128,14 +137,14 @@ class MMSearchRollout:
              *, budget: int) -> list[_Episode]:
         """Play one episode per prompt with ``generate`` (a batch of episodes -> new token ids)."""
         tokenizer = _tokenizer_of(processing)
-        envs = self.pool.take(len(prompts))
+        envs = [self._env(i) for i in range(len(prompts))]
         episodes = []
         for prompt, env in zip(prompts, envs):
             task_id = _task_id_of(prompt)
-            env.reset(options={"task_id": task_id})
+            _, info = env.reset(options={"task_id": task_id})
             prompt_ids, images, vision = _encode_prompt(processing, prompt)
             episodes.append(_Episode(env=env, task_id=task_id, prompt_ids=prompt_ids, images=images,
-                                     vision=vision))
+                                     vision=vision, last_info=info))
         for _turn in range(self.max_turns):
             active = [ep for ep in episodes if not ep.done]
             if not active:
@@ -161,10 +170,9 @@ class MMSearchRollout:
         ep.turns.append(text)
         _obs, _reward, terminated, truncated, info = ep.env.step(text)
         ep.steps += 1
-        action = info.get("action")
+        ep.last_info = info
         ep.tool_calls = _searches_run(info)
-        if isinstance(action, Invalid):
-            ep.invalid_turns += 1
+        ep.invalid_turns = int(info["invalid_turns"])
         if terminated or truncated:
             ep.breakdown = info["reward_breakdown"]
             self._close(ep, tokenizer, finished=True)
@@ -182,6 +190,7 @@ class MMSearchRollout:
     def _close(self, ep: _Episode, tokenizer: PreTrainedTokenizerBase, *, finished: bool) -> None:
         if ep.breakdown is None:
             ep.breakdown = ep.env.score()
+        ep.result = _episode_result(ep.last_info, ep.breakdown)
         if finished and ep.completion_ids and ep.completion_ids[-1] != tokenizer.eos_token_id:
             # the chat template's end of turn: not sampled, so masked; it tells TRL the
             # completion ended (otherwise it counts as clipped)
@@ -221,6 +230,7 @@ class MMSearchRollout:
             "env_task_id": [ep.task_id for ep in episodes],
             "env_reward": [float(ep.breakdown.reward) for ep in episodes],  # type: ignore[union-attr]
             "reward_breakdown": [ep.breakdown.to_json() for ep in episodes],  # type: ignore[union-attr]
+            "env_results": [ep.result for ep in episodes],
             "env_steps": [ep.steps for ep in episodes],
             "env_turns": [list(ep.turns) for ep in episodes],
             "env_observations": [list(ep.observations) for ep in episodes],
@@ -250,7 +260,8 @@ def make_rollout_func(env: EnvSource, dialect: str | Dialect | None = None,
 
     The returned dict has ``prompt_ids``, ``completion_ids``, ``logprobs`` (vLLM only, else
     None), ``env_mask`` and the extra keys ``env_task_id``, ``env_reward``, ``reward_breakdown``, ``env_steps``,
-    ``env_turns``, ``env_observations``, ``env_tool_calls``, ``env_invalid_turns`` and
+    ``env_turns``, ``env_observations``, ``env_tool_calls``, ``env_invalid_turns``,
+    ``env_results`` (each episode's :class:`~mmsearch_gym.metrics.EpisodeResult`) and
     ``episode_finished`` which TRL passes to the reward functions (see :func:`env_reward`).
     """
     return MMSearchRollout(env, dialect=dialect, max_turns=max_turns, max_turn_tokens=max_turn_tokens,

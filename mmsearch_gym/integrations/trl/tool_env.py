@@ -13,11 +13,12 @@ from trl.chat_template_utils import add_response_schema
 from mmsearch_gym.actions import ImageSearch, Region, TextSearch
 from mmsearch_gym.env import MMSearchEnv
 from mmsearch_gym.errors import ConfigError, DataError
+from mmsearch_gym.metrics import EpisodeResult
 from mmsearch_gym.policies import text_only_content
 from mmsearch_gym.reward import RewardBreakdown
 
 from .data import _text_of
-from .envs import EnvFactory, EnvSource, _searches_run, env_factory
+from .envs import EnvMaker, EnvSource, _episode_result, _searches_run, env_factory
 from .generation import Processing, _tokenizer_of
 
 ToolResult = str | list[dict[str, str | Image.Image]]
@@ -35,7 +36,7 @@ class MMSearchToolEnv:
     :func:`episode_accuracy` calls for every rollout before TRL asks for the reward.
     """
 
-    _factory: EnvFactory | None = None
+    _factory: EnvMaker | None = None
     _vision: bool = False
 
     def __init__(self) -> None:
@@ -50,6 +51,7 @@ class MMSearchToolEnv:
         self.observations: list[str] = []
         self.tool_calls = {"image_search": 0, "text_search": 0}
         self.final_text: str | None = None
+        self._last_info: dict[str, Any] = {}
 
     @property
     def env(self) -> MMSearchEnv:
@@ -61,6 +63,7 @@ class MMSearchToolEnv:
         if task_id is None:
             raise DataError("the dataset row has no task_id column; build it with to_dataset(..., route='environment')")
         _, info = self._env.reset(options={"task_id": str(task_id)})
+        self._last_info = info
         self._done = False
         self._breakdown = None
         self.steps = 0
@@ -104,6 +107,7 @@ class MMSearchToolEnv:
             return "The episode is over: no more tool calls. Give your final answer as <answer>answer</answer>."
         _obs, _r, terminated, truncated, info = self._env.step(turn_text)
         self.steps += 1
+        self._last_info = info
         self.tool_calls = _searches_run(info)
         if terminated or truncated:
             self._done = True
@@ -132,6 +136,7 @@ class MMSearchToolEnv:
         self.final_text = final_text
         _obs, _r, terminated, truncated, info = self._env.step(self.final_text)
         self.steps += 1
+        self._last_info = info
         if terminated or truncated:
             self._breakdown = info["reward_breakdown"]
         self._done = True
@@ -140,6 +145,13 @@ class MMSearchToolEnv:
     def breakdown(self) -> RewardBreakdown:
         """The env's reward breakdown (of the turns so far if the episode never ended)."""
         return self._breakdown if self._breakdown is not None else self._env.score()
+
+    @property
+    def result(self) -> EpisodeResult:
+        """What the episode counts (:mod:`mmsearch_gym.metrics`), from the env's last info."""
+        if not self._last_info:
+            raise ConfigError("the episode has not started: TRL calls reset() first")
+        return _episode_result(self._last_info, self.breakdown)
 
     def get_reward(self) -> float:
         """The env's episode reward (TRL adds it to the GRPO reward with weight 1)."""

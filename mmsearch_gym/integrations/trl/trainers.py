@@ -157,8 +157,8 @@ def evaluate_model(model: PreTrainedModel, processing: Processing, env: EnvSourc
                    max_turn_tokens: int = 128, do_sample: bool = False, temperature: float = 1.0,
                    seed: int = 0, progress: bool = True, **env_kwargs: Any) -> dict[str, Any]:
     """Play every prompt of a :func:`to_dataset` dataset once (greedy by default, else sampled
-    at ``temperature``) and report the env's numbers: accuracy, search ratio, format rate, mean
-    reward and calls per tool."""
+    at ``temperature``) and report the env's numbers (``metrics``: :func:`episode_metrics`, the
+    definitions of :mod:`mmsearch_gym.metrics`) and each episode."""
     rollout = make_rollout_func(env, max_turn_tokens=max_turn_tokens, **env_kwargs)
     torch.manual_seed(seed)
     was_training = model.training
@@ -183,9 +183,8 @@ def evaluate_model(model: PreTrainedModel, processing: Processing, env: EnvSourc
             episodes += rollout.play(chunk, processing, generate, budget=max_completion_length)
     finally:
         model.train(was_training)
-    breakdowns = [ep.breakdown.to_json() for ep in episodes]  # type: ignore[union-attr]
     return {
-        "metrics": episode_metrics(breakdowns, [ep.tool_calls for ep in episodes]),
-        "episodes": [{"task_id": ep.task_id, "turns": ep.turns, "breakdown": b, "finished": ep.finished}
-                     for ep, b in zip(episodes, breakdowns)],
+        "metrics": episode_metrics([ep.result for ep in episodes]),  # type: ignore[misc]
+        "episodes": [{"task_id": ep.task_id, "turns": ep.turns, "breakdown": ep.breakdown.to_json(),  # type: ignore[union-attr]
+                      "finished": ep.finished} for ep in episodes],
     }
