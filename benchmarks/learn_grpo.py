@@ -81,9 +81,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from mmsearch_gym.actions import get_dialect
     from mmsearch_gym.evaluate import evaluate
     from mmsearch_gym.integrations import trl as T
+    from mmsearch_gym.integrations.tiny_models import load_tiny_model, pretrain_copying
     from mmsearch_gym.integrations.trl.data import _text_of
     from mmsearch_gym.integrations.trl.generation import _tokenizer_of
-    from mmsearch_gym.integrations.tiny_models import load_tiny_model, pretrain_copying
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -260,7 +260,7 @@ def blind_ceilings(train_tasks: Any, eval_tasks: Any, dialect: Any) -> dict[str,
     for name, guesses in (("train_majority", commonest(train_tasks)), ("best_constant", commonest(eval_tasks))):
         breakdowns = [score_episode([dialect.format(Answer(guesses.get(t.question, "")))], t.answers)
                       for t in eval_tasks]
-        free = [b.raw_score for b, t in zip(breakdowns, eval_tasks) if not t.search_required]
+        free = [b.raw_score for b, t in zip(breakdowns, eval_tasks, strict=False) if not t.search_required]
         out[name] = {"search_free_accuracy": round(sum(free) / max(1, len(free)), 4),
                      "mean_reward": round(sum(b.reward for b in breakdowns) / len(breakdowns), 4)}
     return out
@@ -373,7 +373,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     keys = [("mean_reward", "mean reward"), ("accuracy", "accuracy"), ("format_rate", "format rate"),
             ("search_ratio", "search ratio")]
     width = 0.2
-    for ax, name in zip(axes[2:], sets):
+    for ax, name in zip(axes[2:], sets, strict=False):
         for i, (key, label) in enumerate(keys):
             values = [result["evaluations"][s][name][key] for s in stages]
             ax.bar([x + (i - 1.5) * width for x in range(3)], values, width, label=label)
@@ -402,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="--entity-swaps draw from this many made-up names instead of the training countries")
     parser.add_argument("--teacher", default="oracle", help="policy whose episodes the SFT cold start imitates")
     parser.add_argument("--vocab-size", type=int, default=1024)
-    parser.add_argument("--train-pool", type=int, default=3000, help="train-split tasks of CATEGORIES that SFT and GRPO draw from")
+    parser.add_argument("--train-pool", type=int, default=3000,
+                        help="train-split tasks of CATEGORIES that SFT and GRPO draw from")
     parser.add_argument("--sft-episodes", type=int, default=1200)
     parser.add_argument("--sft-steps", type=int, default=150,
                         help="a short cold start: the format and the search decision, not yet the answers")
@@ -419,7 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--entity-tokens", action=argparse.BooleanOptionalAction, default=True,
                         help="keep the world's country names as single tokens")
     parser.add_argument("--seed", type=int, default=0,
-                        help="training seed (model init, SFT and GRPO order and sampling); tasks and teacher episodes stay fixed")
+                        help="training seed (model init, SFT and GRPO order and sampling); "
+                             "tasks and teacher episodes stay fixed")
     parser.add_argument("--work-dir", default=None)
     parser.add_argument("--save-sft", default=None, help="save the SFT model here")
     parser.add_argument("--load-sft", default=None, help="skip SFT: start GRPO from this saved model")
@@ -432,7 +434,8 @@ def main(argv: list[str] | None = None) -> int:
         args.sft_episodes, args.sft_steps, args.grpo_steps, args.eval_tasks, args.train_pool = 60, 20, 3, 32, 300
         args.copy_pretrain_steps, args.copy_chats = min(args.copy_pretrain_steps, 20), min(args.copy_chats, 40)
     if args.kind == "vlm" and (args.entity_swaps or args.copy_chats or args.copy_pretrain_steps):
-        parser.error("--kind vlm takes --entity-swaps 0 --copy-chats 0 --copy-pretrain-steps 0 (text-only augmentations)")
+        parser.error("--kind vlm takes --entity-swaps 0 --copy-chats 0 --copy-pretrain-steps 0 "
+                     "(text-only augmentations)")
     result = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.grpo_steps == 0:

@@ -25,8 +25,14 @@ from typing import Any
 
 import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (PreTrainedModel, PreTrainedTokenizerFast, ProcessorMixin,
-                          Qwen2_5_VLProcessor, Qwen2Config, Qwen2ForCausalLM)
+from transformers import (
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+    ProcessorMixin,
+    Qwen2_5_VLProcessor,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from mmsearch_gym.actions import DIALECTS, UNABLE_TO_ANSWER, Answer, ImageSearch, Invalid, Region, TextSearch

@@ -60,7 +60,7 @@ def make_stop_criteria(tokenizer: PreTrainedTokenizerBase, stops: Sequence[Seque
             generated = input_ids[:, prompt_length:]
             tail = generated[:, -window:].tolist()
             texts = tokenizer.batch_decode(tail, skip_special_tokens=False)
-            done = [first_stop_end(text, row) is not None for text, row in zip(texts, stops)]
+            done = [first_stop_end(text, row) is not None for text, row in zip(texts, stops, strict=False)]
             return torch.tensor(done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
 
     return _StopOnClosingTag()
@@ -89,7 +89,8 @@ class TransformersPolicy:
     are dropped when the completion is decoded.
     """
 
-    def __init__(self, model: PreTrainedModel, processor: PreTrainedTokenizerBase | ProcessorMixin, *, max_new_tokens: int = 256, temperature: float = 0.0,
+    def __init__(self, model: PreTrainedModel, processor: PreTrainedTokenizerBase | ProcessorMixin, *,
+                 max_new_tokens: int = 256, temperature: float = 0.0,
                  top_p: float = 1.0, seed: int = 0, batch_size: int = 8, image_placeholder: str = "[image]",
                  max_image_pixels: int | None = MAX_IMAGE_PIXELS,
                  chat_template_kwargs: dict[str, Any] | None = None, name: str | None = None) -> None:
@@ -114,7 +115,8 @@ class TransformersPolicy:
         self.image_placeholder = image_placeholder
         self.max_image_pixels = max_image_pixels
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
-        self.name = name or f"transformers:{getattr(getattr(model, 'config', None), 'name_or_path', '') or type(model).__name__}"
+        model_name = getattr(getattr(model, "config", None), "name_or_path", "") or type(model).__name__
+        self.name = name or f"transformers:{model_name}"
         self._calls = 0
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -192,7 +194,7 @@ class TransformersPolicy:
 
     def encode(self, episodes: Sequence[EpisodeView]) -> Any:
         """The left-padded model inputs of a batch of episodes (pixel values included for a VLM)."""
-        prompts, images = zip(*(self.prompt(e) for e in episodes))
+        prompts, images = zip(*(self.prompt(e) for e in episodes), strict=False)
         if self.is_vlm:
             if any(images):
                 batch = self.processor(text=list(prompts), images=[list(i) for i in images],
@@ -238,7 +240,7 @@ class TransformersPolicy:
         with self._rng(), torch.inference_mode():
             sequences = self.model.generate(**batch, **options)
         texts = []
-        for row, stop in zip(sequences[:, prompt_length:].tolist(), stops):
+        for row, stop in zip(sequences[:, prompt_length:].tolist(), stops, strict=False):
             ids = []
             for token in row:
                 if token in terminal:

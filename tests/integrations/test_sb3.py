@@ -123,7 +123,7 @@ def test_same_seed_same_observations(tiny_tasks, memory_backend, seed: int, acti
     a = play(wrapper(tiny_tasks, memory_backend), actions, seed=seed)
     b = play(wrapper(tiny_tasks, memory_backend), actions, seed=seed)
     assert len(a) == len(b)
-    for (obs_a, *rest_a), (obs_b, *rest_b) in zip(a, b):
+    for (obs_a, *rest_a), (obs_b, *rest_b) in zip(a, b, strict=False):
         np.testing.assert_array_equal(obs_a, obs_b)
         assert rest_a == rest_b
 
@@ -223,7 +223,7 @@ def test_observation_ignores_answers_and_category(tiny_tasks, memory_backend, in
     a = play(wrapper(tiny_tasks, memory_backend), actions, options={"task_index": index})
     b = play(wrapper(_relabelled(tiny_tasks), memory_backend), actions, options={"task_index": index})
     assert len(a) == len(b)
-    for (obs_a, _, _, _, text_a), (obs_b, _, _, _, text_b) in zip(a, b):
+    for (obs_a, _, _, _, text_a), (obs_b, _, _, _, text_b) in zip(a, b, strict=False):
         np.testing.assert_array_equal(obs_a, obs_b)
         assert text_a == text_b  # the actions (and answer texts) do not depend on them either
 

@@ -14,6 +14,7 @@ transformers = pytest.importorskip("transformers")
 
 import itertools
 
+from fixture_world import play_policy, start_episode
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
@@ -22,8 +23,6 @@ from mmsearch_gym.env import MMSearchEnv
 from mmsearch_gym.errors import ConfigError
 from mmsearch_gym.integrations.transformers_policy import TransformersPolicy, cut_at_stop, make_stop_criteria
 from mmsearch_gym.policies import Policy, make_policy
-
-from fixture_world import play_policy, start_episode
 
 TEMPLATES = Path(importlib.util.find_spec("trl").submodule_search_locations[0]) / "chat_templates"
 TAGS = ["<reason>", "</reason>", "<search>", "<img>", "</search>", "<text_search>", "</text_search>",

@@ -21,6 +21,7 @@ import pytest
 pytest.importorskip("trl")
 
 import torch  # noqa: E402
+from fixture_world import france_backend, scene_png  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
@@ -35,9 +36,6 @@ from mmsearch_gym.integrations.trl.lora import LoraSpec, trainable_parameters  #
 from mmsearch_gym.integrations.trl.recipe import _RECIPE_KEYS  # noqa: E402
 from mmsearch_gym.search.base import MemoryBackend  # noqa: E402
 from mmsearch_gym.tasks import SceneObject, Task, TaskSet  # noqa: E402
-
-from fixture_world import france_backend, scene_png  # noqa: E402
-
 
 # ---------------------------------------------------------------------------------------------
 # A small world: two search-required tasks, two search-free ones, canned search results
@@ -211,7 +209,7 @@ def test_sft_dataset_is_balanced_and_masks_tool_results(tmp_path: Path) -> None:
     trainer = T.make_sft_trainer(model, tokenizer, data, output_dir=tmp_path / "run", args={
         "max_steps": 2, "per_device_train_batch_size": 4, "learning_rate": 1e-3, "disable_tqdm": True})
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(data))])
-    for row, ids, labels in zip(data, batch["input_ids"], batch["labels"]):
+    for row, ids, labels in zip(data, batch["input_ids"], batch["labels"], strict=False):
         trained = tokenizer.decode(ids[labels != -100])
         assistant = [m["content"] for m in row["messages"] if m["role"] == "assistant"]
         results = [m["content"] for m in row["messages"][2:] if m["role"] == "user"]
@@ -225,7 +223,7 @@ def test_sft_dataset_is_balanced_and_masks_tool_results(tmp_path: Path) -> None:
     before = [p.detach().clone() for p in model.parameters()]
     trainer.train()
     assert trainer.state.global_step == 2
-    assert any(not torch.equal(a, b.detach()) for a, b in zip(before, model.parameters()))
+    assert any(not torch.equal(a, b.detach()) for a, b in zip(before, model.parameters(), strict=False))
 
 
 def test_sft_dataset_for_the_tool_route(tmp_path: Path) -> None:
@@ -266,7 +264,7 @@ class Spy:
 
 def _masked_spans(ids: list[int], mask: list[int]) -> list[list[int]]:
     spans, current = [], []
-    for tok, keep in zip(ids, mask):
+    for tok, keep in zip(ids, mask, strict=False):
         if keep:
             if current:
                 spans.append(current)
@@ -300,7 +298,7 @@ def test_grpo_rollout_route_runs_the_env(sft_models: dict[str, Path], tmp_path: 
     assert trainer.state.global_step == 2 and len(rollouts.outputs) == 2
 
     executed = steps = 0
-    for out, batch in zip(rollouts.outputs, batches):
+    for out, batch in zip(rollouts.outputs, batches, strict=False):
         n = len(out["completion_ids"])
         assert n == 8 and out["logprobs"] is None
         # one GRPO group (4 generations) per task: every member played the task of its prompt
@@ -310,22 +308,22 @@ def test_grpo_rollout_route_runs_the_env(sft_models: dict[str, Path], tmp_path: 
         steps += sum(out["env_steps"])
         executed += sum(c["image_search"] + c["text_search"] for c in out["env_tool_calls"])
         # TRL used the env's rewards, unchanged
-        for breakdown, reward in zip(out["reward_breakdown"], out["env_reward"]):
+        for breakdown, reward in zip(out["reward_breakdown"], out["env_reward"], strict=False):
             assert breakdown["reward"] == reward
         # the mask TRL trains with is our env_mask; its zeros are exactly the tool-result turns
         tool_mask = batch["tool_mask"] * batch["completion_mask"]
         for row, (ids, mask, observations) in enumerate(zip(out["completion_ids"], out["env_mask"],
-                                                            out["env_observations"])):
+                                                            out["env_observations"], strict=False)):
             assert tool_mask[row, :len(ids)].tolist() == mask
             assert batch["completion_ids"][row, :len(ids)].tolist() == ids
             spans = [tokenizer.decode(s) for s in _masked_spans(ids, mask)]
             result_spans = [s for s in spans if s != "<|im_end|>"]
             assert len(result_spans) == len(observations)
-            for span, observation in zip(result_spans, observations):
+            for span, observation in zip(result_spans, observations, strict=False):
                 assert span == f"<|im_end|>\n<|im_start|>user\n{observation}<|im_end|>\n<|im_start|>assistant\n" \
                     or span == f"\n<|im_start|>user\n{observation}<|im_end|>\n<|im_start|>assistant\n"
             # what the model sampled (mask 1) is exactly the turns the env was stepped with
-            sampled = tokenizer.decode([t for t, m in zip(ids, mask) if m], skip_special_tokens=True)
+            sampled = tokenizer.decode([t for t, m in zip(ids, mask, strict=False) if m], skip_special_tokens=True)
             assert sampled.startswith(out["env_turns"][row][0])
     assert executed > 0 and len(backend.calls) == executed
     assert steps > 16  # 16 episodes, some of them searched before answering
@@ -450,7 +448,7 @@ def test_grpo_environment_route_runs_the_env(sft_models: dict[str, Path], tmp_pa
     assert trainer.reward_weights.tolist() == [0.0, 1.0]
 
     executed = steps = 0
-    for (rewards, envs), batch in zip(snapshots, batches):
+    for (rewards, envs), batch in zip(snapshots, batches, strict=False):
         loss_mask = batch["tool_mask"] * batch["completion_mask"]
         for row, state in enumerate(envs):
             # TRL's GRPO reward is the env's; the weight-0 column is its correctness
@@ -464,7 +462,7 @@ def test_grpo_environment_route_runs_the_env(sft_models: dict[str, Path], tmp_pa
             mask = loss_mask[row, :len(ids)].tolist()
             spans = [tokenizer.decode(s) for s in _masked_spans(ids, mask)]
             assert len(spans) == len(state["observations"])
-            for span, observation in zip(spans, state["observations"]):
+            for span, observation in zip(spans, state["observations"], strict=False):
                 assert f"<tool_response>\n{observation}\n</tool_response>" in span
                 assert span.startswith(("<|im_end|>\n<|im_start|>user\n", "\n<|im_start|>user\n"))
     assert executed > 0 and len(backend.calls) == executed
@@ -604,10 +602,10 @@ def test_vlm_rollout_route(tmp_path: Path) -> None:
     trainer.rollout_func = rollouts
     _, batches = _train(trainer)
     assert trainer.state.global_step == 2
-    for out, batch in zip(rollouts.outputs, batches):
+    for out, batch in zip(rollouts.outputs, batches, strict=False):
         assert batch["num_images"] == [1] * 8  # the task image; results reach this route as text
         _image_tokens_match(batch, processor)
-        for breakdown, reward in zip(out["reward_breakdown"], out["env_reward"]):
+        for breakdown, reward in zip(out["reward_breakdown"], out["env_reward"], strict=False):
             assert breakdown["reward"] == reward
     assert len(backend.calls) == sum(sum(c.values()) for out in rollouts.outputs for c in out["env_tool_calls"]) > 0
 

@@ -21,8 +21,8 @@ from PIL import Image
 
 from mmsearch_gym.actions import UNABLE_TO_ANSWER, Action, Answer, Dialect, ImageSearch, Region, TextSearch
 from mmsearch_gym.errors import ConfigError
-from mmsearch_gym.lru import LRU
 from mmsearch_gym.grounding import Grounder
+from mmsearch_gym.lru import LRU
 from mmsearch_gym.policies import EvidenceReaderLike, default_reader
 from mmsearch_gym.search.base import Hit
 from mmsearch_gym.search.image_features import FEATURE_DIM, image_feature

@@ -111,7 +111,7 @@ class SB3Policy:
 
     def act(self, episodes: Sequence[EpisodeView]) -> list[str]:
         texts = []
-        for episode, index in zip(episodes, self.decide(episodes)):
+        for episode, index in zip(episodes, self.decide(episodes), strict=False):
             chosen, reason = self.core.action(index, episode.question, self.history(episode),
                                               task=self._task(episode.task_id),
                                               image_size=episode.image.size)

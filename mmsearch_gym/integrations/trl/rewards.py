@@ -84,7 +84,7 @@ def episode_accuracy(prompts: list[Content], completions: list[Completion],
     """
     if environments is None:
         raise ConfigError("episode_accuracy belongs to the environment_factory route")
-    for environment, completion in zip(environments, completions):
+    for environment, completion in zip(environments, completions, strict=False):
         if isinstance(environment, MMSearchToolEnv):
             environment._finish(_final_assistant_text(completion))
     results = [e.result for e in environments]

@@ -57,7 +57,8 @@ def _tool_call_text(action: Mapping[str, Any]) -> tuple[str, str] | None:
     elif action.get("kind") == "image_search":
         region = action.get("region") or {}
         if region.get("kind") == "box" and region.get("box"):
-            name, arguments = "image_search", dict(zip(("x1", "y1", "x2", "y2"), (int(v) for v in region["box"])))
+            corners = (int(v) for v in region["box"])
+            name, arguments = "image_search", dict(zip(("x1", "y1", "x2", "y2"), corners, strict=False))
         elif region.get("kind") == "whole":
             name, arguments = "image_search", {}
         else:

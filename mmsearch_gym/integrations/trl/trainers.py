@@ -170,7 +170,7 @@ def evaluate_model(model: PreTrainedModel, processing: Processing, env: EnvSourc
     episodes: list[_Episode] = []
     prompts = dataset["prompt"]
     if "image" in dataset.column_names:
-        prompts = [_with_image(p, im) for p, im in zip(prompts, dataset["image"])]
+        prompts = [_with_image(p, im) for p, im in zip(prompts, dataset["image"], strict=False)]
     try:
         for start in tqdm(range(0, len(prompts), batch_size), desc="evaluating", disable=not progress):
             chunk = prompts[start:start + batch_size]
