@@ -97,6 +97,18 @@ class _Exploding(MemoryBackend):
     image_search = text_search  # type: ignore[assignment]
 
 
+class _BuildsOnlyHere:
+    """An env factory that works in the process that made it and raises anywhere else (an actor)."""
+
+    def __init__(self, make: Any) -> None:
+        self.make, self.pid = make, os.getpid()
+
+    def __call__(self) -> Any:
+        if os.getpid() != self.pid:
+            raise ZeroDivisionError("the env could not be built")
+        return self.make()
+
+
 class _Dying(MemoryBackend):
     """A backend whose first search ends the actor's process."""
 
@@ -114,10 +126,15 @@ def test_errors_in_actors_come_back_clear(ray_cluster: str, tiny_tasks: TaskSet,
                               cache={"mode": "replay", "dir": str(tmp_path / "empty")})
     with pytest.raises(CacheMiss, match="strict replay"):
         evaluate(empty, policy, workers=2, executor="ray", progress=False)
-    # any other exception: an MMSearchError carrying the actor's traceback
-    with pytest.raises(MMSearchError, match="ZeroDivisionError: the backend divided by zero"):
-        evaluate(functools.partial(make_env, tasks=tasks, backend=_Exploding()), policy, workers=2,
-                 executor="ray", progress=False)
+    # a failing backend inside env.step is a tool-error observation (the step contract), on Ray too
+    failing = evaluate(functools.partial(make_env, tasks=tasks, backend=_Exploding()), policy, workers=2,
+                       executor="ray", progress=False)
+    serial = evaluate(functools.partial(make_env, tasks=tasks, backend=_Exploding()), policy, progress=False)
+    assert failing.to_json(include_episodes=True) == serial.to_json(include_episodes=True)
+    # any other exception in an actor: an MMSearchError carrying the actor's traceback
+    with pytest.raises(MMSearchError, match="ZeroDivisionError: the env could not be built"):
+        evaluate(_BuildsOnlyHere(functools.partial(make_env, tasks=tasks, backend=MemoryBackend())), policy,
+                 workers=2, executor="ray", progress=False)
     # an actor that dies mid-episode: a one-line error naming it, not Ray's internals
     with pytest.raises(MMSearchError, match=r"Ray env actor \d died") as died:
         evaluate(functools.partial(make_env, tasks=tasks, backend=_Dying()), policy, workers=2,
