@@ -116,3 +116,27 @@ def test_rollout_ray_errors_are_typed(ray_cluster: str, episode_tasks: TaskSet,
         with pytest.raises(type(here.value), match="no-such-task"):
             rollout.pool.run([("reset", 0, "no-such-task", None)])
         local.close()
+
+
+def test_recipe_executor_keys(ray_cluster: str) -> None:
+    """A recipe's ``executor: 'ray'`` is checked up front, and the env description it sends the
+    actors builds there the envs the trainer's process would build (same task per slot)."""
+    from mmsearch_gym.integrations.trl.recipe import _checked, _executor_options
+
+    base = {"trainer": "grpo", "model": {"tiny": {}}, "env": "MMSearch-Train-v0"}
+    assert _executor_options(_checked(base)) == {}
+    ray_recipe = _checked({**base, "executor": "ray", "env_workers": 2})
+    assert _executor_options(ray_recipe) == {"executor": "ray", "ray_address": None, "workers": 2}
+    for bad, match in (({"executor": "dask"}, "executor must be 'local' or 'ray'"),
+                       ({"executor": "ray", "route": "environment"}, "set route: 'rollout'"),
+                       ({"env_workers": 2}, "go with executor: 'ray'"),
+                       ({"executor": "ray", "categories": ["crop"]}, "cannot filter categories")):
+        with pytest.raises(ConfigError, match=match):
+            _checked({**base, **bad})
+    description = {"id": "MMSearch-Train-v0", "kwargs": {}}
+    with (T.make_rollout_func(description, **_executor_options(ray_recipe)) as remote,
+          T.make_rollout_func(description) as local):
+        assert (remote.dialect.name, remote.max_turns) == (local.dialect.name, local.max_turns)
+        commands = [("reset", slot, slot * 7, None) for slot in range(3)]
+        assert ([info["task_id"] for _, info, _ in remote.pool.run(commands)]
+                == [info["task_id"] for _, info, _ in local.pool.run(commands)])

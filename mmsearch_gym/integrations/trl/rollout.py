@@ -301,6 +301,7 @@ def make_rollout_func(env: EnvSource, dialect: str | Dialect | None = None,
             Call ``close()`` when done to end the actors.
         ray_address: the Ray cluster for ``executor="ray"`` (see
             :class:`~mmsearch_gym.ray_runner.RayExecutor`).
+        workers: Ray actors for ``executor="ray"`` (1 CPU each); 1 for the local route.
 
     The returned dict has ``prompt_ids``, ``completion_ids``, ``logprobs`` (vLLM only, else
     None), ``env_mask`` and the extra keys ``env_task_id``, ``env_reward``, ``reward_breakdown``, ``env_steps``,
