@@ -30,7 +30,7 @@ from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from mmsearch_gym.env_factory import EnvFactory, SiblingEnvs, unwrap_env
+from mmsearch_gym.env_factory import EnvFactory, SiblingEnvs, describe_env, unwrap_env
 from mmsearch_gym.episode_view import EpisodeView
 from mmsearch_gym.errors import ConfigError, MMSearchError
 from mmsearch_gym.metrics import EpisodeResult
@@ -252,19 +252,28 @@ class _Slots:
         self._sent: dict[int, int] = {}
 
     def execute(self, command: tuple[Any, ...]) -> tuple[Any, ...]:
-        """Run one ``("reset", slot, index, seed)`` or ``("step", slot, text)``; time it.
+        """Run one ``("reset", slot, task, seed)`` (``task``: an index, or a task id string),
+        ``("step", slot, text)``, ``("score", slot)`` (the env's reward for an episode cut short
+        here) or ``("describe", slot)`` (:func:`describe_env`); time the first three.
 
         ``info["messages"]`` is cut down to the messages added since the previous call for this
         slot (the caller keeps the full chat), so a worker sends each image only once.
         """
         kind, slot = command[0], command[1]
         env = self.envs.get(slot)
+        if kind == "describe":
+            return (describe_env(unwrap_env(env)),)
         start = time.perf_counter()
         if kind == "reset":
-            obs, info = env.reset(seed=command[3], options={"task_index": command[2]})
+            task = command[2]
+            options = {"task_id": task} if isinstance(task, str) else {"task_index": task}
+            obs, info = env.reset(seed=command[3], options=options)
             elapsed = time.perf_counter() - start
             self._sent[slot] = len(info["messages"])
             return obs, info, elapsed
+        if kind == "score":
+            breakdown = unwrap_env(env).score()
+            return breakdown, time.perf_counter() - start
         obs, reward, terminated, truncated, info = env.step(command[2])
         elapsed = time.perf_counter() - start
         messages = info["messages"]

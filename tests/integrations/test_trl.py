@@ -365,8 +365,8 @@ def test_rollout_groups_share_a_task(sft_models: dict[str, Path]) -> None:
 
     episodes = rollout.play(prompts, tokenizer, generate, budget=64)
     assert [ep.task_id for ep in episodes] == [tid for tid in data["task_id"] for _ in range(3)]
-    assert all(ep.env.task.id == ep.task_id for ep in episodes)
-    assert len({id(ep.env) for ep in episodes}) == len(episodes)
+    assert all(rollout._env(ep.slot).task.id == ep.task_id for ep in episodes)
+    assert len({id(rollout._env(ep.slot)) for ep in episodes}) == len(episodes)
 
 
 def test_eval_policy_sees_exactly_the_training_text(sft_models: dict[str, Path]) -> None:

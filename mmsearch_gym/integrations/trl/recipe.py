@@ -33,7 +33,7 @@ TRL_VERSION = trl.__version__
 _STAGES = {"sft": ("sft",), "grpo": ("grpo",), "sft+grpo": ("sft", "grpo")}
 _RECIPE_KEYS = {"name", "description", "trainer", "model", "model_kwargs", "env", "categories", "route", "images",
                 "system_prompt", "max_turn_tokens", "sft", "grpo", "grpo_tasks", "eval", "seed", "torch_threads",
-                "lora", "freeze_vision"}
+                "lora", "freeze_vision", "executor", "ray_address", "env_workers"}
 
 
 def _env_spec(spec: str | Mapping[str, Any], what: str) -> tuple[str, dict[str, Any]]:
@@ -130,7 +130,8 @@ def train_recipe(recipe: Mapping[str, Any], *, output_dir: Path) -> dict[str, An
       ``environment`` when ``images`` is set, the route on which result thumbnails reach a VLM,
       with the env's dialect defaulting to ``tool-json``; else ``rollout``); ``images``: give
       VLMs the image column; ``system_prompt``: null, ``"short"`` or text;
-      ``max_turn_tokens``;
+      ``max_turn_tokens``; ``executor``: ``"local"`` or ``"ray"`` (the GRPO rollout route's envs on
+      ``env_workers`` Ray actors at ``ray_address``, so env work leaves the trainer's process);
     * ``sft``: SFTConfig fields plus ``teacher``, ``episodes``, ``balance``, ``thumbnails``,
       ``trajectories``; ``grpo``: GRPOConfig fields; ``grpo_tasks``: how many tasks GRPO
       samples from;
@@ -178,6 +179,7 @@ class _Run:
     recipe: Mapping[str, Any]
     output_dir: Path
     env_id: str
+    env_kwargs: dict[str, Any]
     factory: EnvMaker
     tasks: TaskSet
     dialect: Dialect
@@ -199,7 +201,24 @@ def _checked(recipe: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"unknown recipe fields {unknown}; known: {sorted(_RECIPE_KEYS)}")
     if recipe.get("lora") is not None:
         LoraSpec.from_json(recipe["lora"])  # fail before any episode is recorded
+    executor = recipe.get("executor", "local")
+    if executor not in ("local", "ray"):
+        raise ConfigError(f"recipe executor must be 'local' or 'ray', got {executor!r}")
+    if executor == "ray" and _route_of(recipe) != "rollout":
+        raise ConfigError("recipe executor 'ray' steps the envs of the GRPO rollout route; set route: 'rollout'")
+    if executor == "local" and (recipe.get("ray_address") is not None or "env_workers" in recipe):
+        raise ConfigError("recipe ray_address and env_workers go with executor: 'ray'")
+    if executor == "ray" and recipe.get("categories") is not None:  # a filtered task set has no JSON form
+        raise ConfigError("recipe executor 'ray' builds the envs from the env description on the actors; "
+                          "it cannot filter categories (use an env whose tasks are already those categories)")
     return recipe
+
+
+def _executor_options(recipe: Mapping[str, Any]) -> dict[str, Any]:
+    """The rollout's ``executor``, ``ray_address`` and ``workers`` (nothing for the local default)."""
+    if recipe.get("executor", "local") == "local":
+        return {}
+    return {"executor": "ray", "ray_address": recipe.get("ray_address"), "workers": int(recipe.get("env_workers", 1))}
 
 
 def _setup(recipe: Mapping[str, Any], output_dir: Path) -> _Run:
@@ -210,8 +229,8 @@ def _setup(recipe: Mapping[str, Any], output_dir: Path) -> _Run:
         env_kwargs.setdefault("dialect", "tool-json")  # the only dialect of TRL's tool loop
     factory = env_factory(env_id, categories=recipe.get("categories"), **env_kwargs)
     base = factory()
-    return _Run(recipe=recipe, output_dir=output_dir, env_id=env_id, factory=factory, tasks=base.tasks,
-                dialect=base.dialect, route=route,
+    return _Run(recipe=recipe, output_dir=output_dir, env_id=env_id, env_kwargs=env_kwargs, factory=factory,
+                tasks=base.tasks, dialect=base.dialect, route=route,
                 images=bool(recipe.get("images", False)), seed=int(recipe.get("seed", 0)),
                 system_prompt=_recipe_system_prompt(recipe.get("system_prompt"), base.dialect),
                 max_turn_tokens=int(recipe.get("max_turn_tokens", 256)))
@@ -269,10 +288,18 @@ def _train_grpo(run: _Run, model: PreTrainedModel,
     data = to_dataset(run.tasks, dialect=run.dialect, images=run.images, route=run.route,
                       n=run.recipe.get("grpo_tasks"), shuffle=True, seed=run.seed, system_prompt=run.system_prompt)
     progress = _Progress()
-    trainer = make_grpo_trainer(model, processing, run.factory, data, route=run.route, args=grpo_options,
+    remote = _executor_options(run.recipe)
+    # Ray actors build their envs from the JSON description (the local maker holds open caches)
+    env: Any = {"id": run.env_id, "kwargs": run.env_kwargs} if remote else run.factory
+    trainer = make_grpo_trainer(model, processing, env, data, route=run.route, args=grpo_options,
                                 output_dir=run.output_dir / "grpo", max_turn_tokens=run.max_turn_tokens,
-                                callbacks=[progress])
-    result = trainer.train()
+                                callbacks=[progress], **remote)
+    try:
+        result = trainer.train()
+    finally:
+        close = getattr(getattr(trainer, "rollout_func", None), "close", None)
+        if close is not None:  # the rollout's envs (and Ray actors)
+            close()
     path = _save(trainer.model, processing, run.output_dir / "grpo" / "final", run.tiny)
     steps = [log for log in progress.logs if "reward" in log]
     return trainer.model, {

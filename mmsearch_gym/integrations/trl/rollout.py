@@ -10,6 +10,10 @@ returns no images for this route), so result thumbnails placed in the completion
 match the features of the loss's forward pass. The ``environment_factory`` route
 (:mod:`.tool_env`) shows them, and is the default of the VLM recipes; a warning says so once
 when a VLM trains here.
+
+Envs step through the runner's slot commands (:class:`~mmsearch_gym.runner.EnvPool`): in this
+process, or with ``executor="ray"`` on Ray actors (:class:`~mmsearch_gym.ray_runner.RayPool`), so
+env work (search, reading, judging) leaves the trainer's process; the episodes are the same.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from mmsearch_gym.errors import ConfigError
 from mmsearch_gym.metrics import EpisodeResult
 from mmsearch_gym.policies import text_only_content
 from mmsearch_gym.reward import RewardBreakdown
+from mmsearch_gym.runner import EnvPool, _LocalPool
 
 from .envs import EnvSource, _episode_result, _searches_run, env_siblings
 from .generation import (
@@ -55,9 +60,9 @@ TEXT_RESULTS_WARNING = (
 
 @dataclass
 class _Episode:
-    """One rollout: token bookkeeping plus the env that plays it."""
+    """One rollout: token bookkeeping plus the schedule slot of the env that plays it."""
 
-    env: MMSearchEnv
+    slot: int
     task_id: str
     prompt_ids: list[int]
     images: list[Image.Image] | None
@@ -88,24 +93,47 @@ class MMSearchRollout:
 
     def __init__(self, env: EnvSource, *, dialect: str | Dialect | None = None,
                  max_turns: int | None = None, max_turn_tokens: int = 256,
-                 generation_kwargs: Mapping[str, Any] | None = None, **env_kwargs: Any) -> None:
-        self.envs = env_siblings(env, **env_kwargs)
-        """One env per concurrent episode, built on first use and reused (GRPO plays hundreds per step)."""
-        sample = self._env(0)
-        self.dialect = get_dialect(dialect) if dialect is not None else sample.dialect
-        if self.dialect.name != sample.dialect.name:
-            raise ConfigError(f"the rollout dialect {self.dialect.name!r} differs from the env's "
-                              f"{sample.dialect.name!r}; build the env with dialect={self.dialect.name!r}")
-        self.max_turns = max_turns if max_turns is not None else sample.max_turns
-        if self.max_turns < 1 or max_turn_tokens < 1:
+                 generation_kwargs: Mapping[str, Any] | None = None, executor: str = "local",
+                 ray_address: str | None = None, workers: int = 1, **env_kwargs: Any) -> None:
+        if max_turn_tokens < 1 or (max_turns is not None and max_turns < 1):
             raise ConfigError("max_turns and max_turn_tokens must be >= 1")
+        self.pool = _env_pool(env_siblings(env, **env_kwargs).factory, executor, ray_address, workers)
+        """Where the envs live, one per concurrent episode (slot), built on first use and reused."""
+        try:
+            sample = self.pool.run([("describe", 0)])[0][0]
+            env_dialect, env_turns = sample["dialect"], int(sample["limits"]["max_turns"])
+            self.dialect = get_dialect(dialect) if dialect is not None else get_dialect(env_dialect)
+            if self.dialect.name != env_dialect:
+                raise ConfigError(f"the rollout dialect {self.dialect.name!r} differs from the env's "
+                                  f"{env_dialect!r}; build the env with dialect={self.dialect.name!r}")
+        except BaseException:
+            self.pool.close()
+            raise
+        self.max_turns = max_turns if max_turns is not None else env_turns
         self.max_turn_tokens = max_turn_tokens
         self.generation_kwargs = dict(generation_kwargs or {})
 
     _warned_vision = False
 
+    @property
+    def envs(self) -> Any:
+        """The local route's envs (:class:`~mmsearch_gym.env_factory.SiblingEnvs`); ConfigError on Ray."""
+        if not isinstance(self.pool, _LocalPool):
+            raise ConfigError("with executor='ray' the envs live on Ray actors, not in this process")
+        return self.pool.slots.envs
+
     def _env(self, index: int) -> MMSearchEnv:
         return unwrap_env(self.envs.get(index))
+
+    def close(self) -> None:
+        """Close the envs (and end the Ray actors; their search accounting joins this process's)."""
+        self.pool.close()
+
+    def __enter__(self) -> MMSearchRollout:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- the TRL entry point ------------------------------------------------------------------
     def __call__(self, prompts: list[list[dict[str, Any]]], trainer: GRPOTrainer) -> dict[str, Any]:
@@ -137,13 +165,12 @@ class MMSearchRollout:
              *, budget: int) -> list[_Episode]:
         """Play one episode per prompt with ``generate`` (a batch of episodes -> new token ids)."""
         tokenizer = _tokenizer_of(processing)
-        envs = [self._env(i) for i in range(len(prompts))]
+        task_ids = [_task_id_of(prompt) for prompt in prompts]
+        resets = self.pool.run([("reset", slot, task_id, None) for slot, task_id in enumerate(task_ids)])
         episodes = []
-        for prompt, env in zip(prompts, envs):
-            task_id = _task_id_of(prompt)
-            _, info = env.reset(options={"task_id": task_id})
+        for slot, (prompt, task_id, (_obs, info, _elapsed)) in enumerate(zip(prompts, task_ids, resets, strict=True)):
             prompt_ids, images, vision = _encode_prompt(processing, prompt)
-            episodes.append(_Episode(env=env, task_id=task_id, prompt_ids=prompt_ids, images=images,
+            episodes.append(_Episode(slot=slot, task_id=task_id, prompt_ids=prompt_ids, images=images,
                                      vision=vision, last_info=info))
         for _turn in range(self.max_turns):
             active = [ep for ep in episodes if not ep.done]
@@ -151,46 +178,57 @@ class MMSearchRollout:
                 break
             room = [budget - len(ep.completion_ids) for ep in active]
             max_new = max(1, min(self.max_turn_tokens, max(room)))
-            outputs = generate(active, max_new)
-            for ep, left, (ids, logps) in zip(active, room, outputs):
-                ids, logps, text = _cut_turn(tokenizer, ids, logps, self.dialect.stop_sequences,
-                                             min(left, self.max_turn_tokens))
-                self._advance(ep, ids, logps, text, tokenizer, processing, budget)
-        for ep in episodes:
-            if not ep.done:  # out of turns on our side: the env decides what the episode earned
-                self._close(ep, tokenizer, finished=False)
+            turns = [_cut_turn(tokenizer, ids, logps, self.dialect.stop_sequences, min(left, self.max_turn_tokens))
+                     for left, (ids, logps) in zip(room, generate(active, max_new), strict=True)]
+            steps = self.pool.run([("step", ep.slot, turn[2]) for ep, turn in zip(active, turns, strict=True)])
+            ending = [(ep, finished) for ep, turn, step in zip(active, turns, steps, strict=True)
+                      if (finished := self._advance(ep, *turn, step, tokenizer, processing, budget)) is not None]
+            self._close(ending, tokenizer)
+        # out of turns on our side: the env decides what the episode earned
+        self._close([(ep, False) for ep in episodes if not ep.done], tokenizer)
         return episodes
 
     # -- one turn -------------------------------------------------------------------------
     def _advance(self, ep: _Episode, ids: list[int], logps: list[float] | None, text: str,
-                 tokenizer: PreTrainedTokenizerBase, processing: Processing, budget: int) -> None:
+                 step: tuple[Any, ...], tokenizer: PreTrainedTokenizerBase, processing: Processing,
+                 budget: int) -> bool | None:
+        """Add a turn and the env's reply to it; whether the episode ends (finished by the env
+        or not), or None when it goes on."""
         ep.completion_ids += ids
         ep.env_mask += [1] * len(ids)
         ep.logprobs += logps if logps is not None else [0.0] * len(ids)
         ep.turns.append(text)
-        _obs, _reward, terminated, truncated, info = ep.env.step(text)
+        _obs, _reward, terminated, truncated, info, _elapsed = step
         ep.steps += 1
         ep.last_info = info
         ep.tool_calls = _searches_run(info)
         ep.invalid_turns = int(info["invalid_turns"])
         if terminated or truncated:
             ep.breakdown = info["reward_breakdown"]
-            self._close(ep, tokenizer, finished=True)
-            return
-        result = text_only_content(info["messages"][-1]["content"])  # as SFT renders recorded results
+            return True
+        # the step's new messages end with the tool result (as SFT renders recorded results)
+        result = text_only_content(info["messages"][-1]["content"])
         glue = _tool_turn_ids(processing, result, ends_with_eos=bool(ids) and ids[-1] == tokenizer.eos_token_id)
         if len(ep.completion_ids) + len(glue) >= budget:
-            self._close(ep, tokenizer, finished=False)
-            return
+            return False
         ep.observations.append(result)
         ep.completion_ids += glue
         ep.env_mask += [0] * len(glue)
         ep.logprobs += [0.0] * len(glue)
+        return None
 
-    def _close(self, ep: _Episode, tokenizer: PreTrainedTokenizerBase, *, finished: bool) -> None:
-        if ep.breakdown is None:
-            ep.breakdown = ep.env.score()
-        ep.result = _episode_result(ep.last_info, ep.breakdown)
+    def _close(self, ending: Sequence[tuple[_Episode, bool]], tokenizer: PreTrainedTokenizerBase) -> None:
+        """End episodes (``finished``: the env ended it); those cut short are scored by their env."""
+        unscored = [ep for ep, _ in ending if ep.breakdown is None]
+        if unscored:
+            for ep, (breakdown, _elapsed) in zip(unscored, self.pool.run([("score", ep.slot) for ep in unscored]),
+                                             strict=True):
+                ep.breakdown = breakdown
+        for ep, finished in ending:
+            self._finish(ep, tokenizer, finished=finished)
+
+    def _finish(self, ep: _Episode, tokenizer: PreTrainedTokenizerBase, *, finished: bool) -> None:
+        ep.result = _episode_result(ep.last_info, ep.breakdown)  # type: ignore[arg-type]
         if finished and ep.completion_ids and ep.completion_ids[-1] != tokenizer.eos_token_id:
             # the chat template's end of turn: not sampled, so masked; it tells TRL the
             # completion ended (otherwise it counts as clipped)
@@ -215,7 +253,7 @@ class MMSearchRollout:
         images = [ep.images for ep in batch] if any(ep.images for ep in batch) else None
         _, completion_ids, logprobs, _ = generation.generate(prompts=seqs, images=images, num_generations=1)
         out = []
-        for ids, lps in zip(completion_ids, logprobs or [None] * len(completion_ids)):
+        for ids, lps in zip(completion_ids, logprobs or [None] * len(completion_ids), strict=True):
             flat = None if lps is None else [float("nan") if lp[0] is None else float(lp[0]) for lp in lps]
             out.append((list(ids), flat))
         return out
@@ -242,8 +280,8 @@ class MMSearchRollout:
 
 def make_rollout_func(env: EnvSource, dialect: str | Dialect | None = None,
                       max_turns: int | None = None, *, max_turn_tokens: int = 256,
-                      generation_kwargs: Mapping[str, Any] | None = None,
-                      **env_kwargs: Any) -> MMSearchRollout:
+                      generation_kwargs: Mapping[str, Any] | None = None, executor: str = "local",
+                      ray_address: str | None = None, workers: int = 1, **env_kwargs: Any) -> MMSearchRollout:
     """A TRL ``rollout_func(prompts, trainer) -> dict`` that plays MMSearchEnv episodes.
 
     Args:
@@ -257,6 +295,13 @@ def make_rollout_func(env: EnvSource, dialect: str | Dialect | None = None,
             ``max_completion_length`` (an episode that runs out is scored as the env would score
             it if it ended there).
         generation_kwargs: extra ``generate()`` arguments for the transformers backend.
+        executor: ``"local"`` (envs in this process) or ``"ray"``: envs on ``workers`` Ray actors
+            (episode ``i`` on actor ``i % workers``), each built from the same env description;
+            every reset, step and score is a remote call, batched per turn, with the same results.
+            Call ``close()`` when done to end the actors.
+        ray_address: the Ray cluster for ``executor="ray"`` (see
+            :class:`~mmsearch_gym.ray_runner.RayExecutor`).
+        workers: Ray actors for ``executor="ray"`` (1 CPU each); 1 for the local route.
 
     The returned dict has ``prompt_ids``, ``completion_ids``, ``logprobs`` (vLLM only, else
     None), ``env_mask`` and the extra keys ``env_task_id``, ``env_reward``, ``reward_breakdown``, ``env_steps``,
@@ -265,4 +310,20 @@ def make_rollout_func(env: EnvSource, dialect: str | Dialect | None = None,
     ``episode_finished`` which TRL passes to the reward functions (see :func:`env_reward`).
     """
     return MMSearchRollout(env, dialect=dialect, max_turns=max_turns, max_turn_tokens=max_turn_tokens,
-                           generation_kwargs=generation_kwargs, **env_kwargs)
+                           generation_kwargs=generation_kwargs, executor=executor, ray_address=ray_address,
+                           workers=workers, **env_kwargs)
+
+
+def _env_pool(factory: Any, executor: str, ray_address: str | None, workers: int) -> EnvPool:
+    """The rollout's envs: in this process, or on ``workers`` Ray actors."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers must be an integer >= 1, got {workers!r}")
+    if executor == "ray":
+        from mmsearch_gym.ray_runner import RayExecutor
+
+        return RayExecutor(ray_address)(factory, workers)
+    if executor != "local":
+        raise ConfigError(f"executor must be 'local' or 'ray', got {executor!r}")
+    if ray_address is not None or workers != 1:
+        raise ConfigError("ray_address and workers > 1 go with executor='ray'")
+    return _LocalPool(factory, None)

@@ -183,6 +183,7 @@ def evaluate_model(model: PreTrainedModel, processing: Processing, env: EnvSourc
             episodes += rollout.play(chunk, processing, generate, budget=max_completion_length)
     finally:
         model.train(was_training)
+        rollout.close()
     return {
         "metrics": episode_metrics([ep.result for ep in episodes]),  # type: ignore[misc]
         "episodes": [{"task_id": ep.task_id, "turns": ep.turns, "breakdown": ep.breakdown.to_json(),  # type: ignore[union-attr]
