@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import warnings
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,8 @@ class Benchmark:
     verified: bool
     to_task: Callable[[Mapping[str, Any], RowContext], Task]
     default_split: str = "test"
+    parts: Callable[[Mapping[str, Any]], list[tuple[str, Mapping[str, Any]]]] | None = None
+    """Splits one published item into several task rows (LiveVQA: two question levels per image)."""
 
 
 # --- shared field helpers --------------------------------------------------------------
@@ -196,7 +199,7 @@ _GENERIC_ANSWER = ("answers", "answer", "gt_answer", "ground_truth", "label")
 
 
 def _generic(row: Mapping[str, Any], ctx: RowContext) -> Task:
-    """Common spellings (used by LiveVQA, DynVQA and plain ``hf:`` sources)."""
+    """Common spellings (plain ``hf:`` / JSONL sources; LiveVQA and DynVQA rows without their published fields)."""
     answers = _answers(ctx.where, _need(row, ctx.where, *_GENERIC_ANSWER),
                        row.get("alternative_answers"), row.get("answer_aliases"))
     url = _first(row, "image_url", "img_url", "url")
@@ -213,6 +216,79 @@ def _generic(row: Mapping[str, Any], ctx: RowContext) -> Task:
     if objects:
         task = replace(task, objects=objects)
     return task
+
+
+def _livevqa_parts(row: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """A LiveVQA ``benchmark.json`` item asks two questions about one image (``level1_qa``: what
+    the image shows; ``level2_qa``: a multi-hop question about it): one task row per level."""
+    levels = [key for key in ("level1_qa", "level2_qa") if isinstance(row.get(key), Mapping)]
+    if not levels:
+        return [("", row)]
+    outer = {k: v for k, v in row.items() if k not in ("level1_qa", "level2_qa")}
+    parts = []
+    for key in levels:
+        level = key.split("_")[0]
+        item_id = row.get("id")
+        sub = {**outer, **row[key], "level": level, "item_id": item_id,
+               "id": f"{item_id}-{level}" if item_id not in (None, "") else None}
+        parts.append((f" {level}", sub))
+    return parts
+
+
+def _option_text(row: Mapping[str, Any]) -> str | None:
+    """The text of the correct multiple-choice option (``Ground_Truth`` is its letter)."""
+    letter = str(row.get("Ground_Truth") or "").strip()
+    options = _maybe_list(row.get("options"))
+    if not letter or not isinstance(options, list):
+        return None
+    for option in options:
+        text = str(option).strip()
+        if text.startswith(f"{letter}.") or text.startswith(f"{letter})"):
+            return text[len(letter) + 1:].strip() or None
+    return None
+
+
+def _livevqa_image(value: Any, ctx: RowContext) -> Any:
+    """``img_path`` is relative to the benchmark's image folder next to its ``benchmark.json``
+    (``News/News_imgs``, ``Paper/Paper_images``, ``Video/Video_images``); found there when no
+    ``image_dir`` is given."""
+    folder = ctx.images.folder
+    if isinstance(value, str) and value and ctx.images.image_dir is None and folder is not None:
+        for sub in (f"{folder.name}_imgs", f"{folder.name}_images"):
+            if (folder / sub / value).is_file():
+                return str(folder / sub / value)
+    return value
+
+
+def _livevqa(row: Mapping[str, Any], ctx: RowContext) -> Task:
+    if not any(key in row for key in ("Ground_Truth_List", "Ground_Truth")):
+        return _generic(row, ctx)  # a flat export with common spellings
+    answers = _answers(ctx.where, row.get("Ground_Truth_List"), _option_text(row))
+    url = _first(row, "img_url")
+    image = _livevqa_image(_first(row, "img_path"), ctx) or url
+    if image is None:
+        raise DataError(f"{ctx.where}: neither img_path nor img_url is set (found {sorted(row)})")
+    task_id = row.get("id") or f"{ctx.stem}-{ctx.index:06d}-{row.get('level', 'q')}"
+    return _task(row, ctx, task_id=task_id, question=row.get("question"), answers=answers, image=image,
+                 image_url=url, meta=_meta(row, ("id", "question", "Ground_Truth_List", "img_path", "img_url"),
+                                           taxonomy=row.get("question_type")))
+
+
+def _dynvqa(row: Mapping[str, Any], ctx: RowContext) -> Task:
+    if "question_id" not in row and "gloden_query" not in row:
+        return _generic(row, ctx)  # rows with common spellings
+    answers = _answers(ctx.where, _need(row, ctx.where, "answer", "answers"))
+    url = _first(row, "image_url")
+    image = _first(row, "image", "image_path") or url
+    if image is None:
+        raise DataError(f"{ctx.where}: image_url is not set (found {sorted(row)})")
+    qid = str(row.get("question_id") or "")
+    match = re.match(r"(en|zh)\d", qid) or re.search(r"(?:^|[_-])(en|zh)$", ctx.stem)
+    meta = _meta(row, ("question_id", "question", "answer", "image", "image_path", "image_url"))
+    if match:
+        meta["language"] = match.group(1)
+    return _task(row, ctx, task_id=qid or None, question=row.get("question"), answers=answers, image=image,
+                 image_url=url, meta=meta)
 
 
 def _encvqa(row: Mapping[str, Any], ctx: RowContext) -> Task:
@@ -279,15 +355,22 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     Benchmark("simplevqa", _MMSR1, "SimpleVQA on the hub (m-a-p/SimpleVQA test.parquet): data_id, image, "
               "question, answer, image_description, language, original_category, source, atomic_question, "
               "atomic_fact, vqa_category", True, _simplevqa),
-    Benchmark("livevqa", _MMSR1, "LiveVQA (ONE-Lab/LiveVQA-new): field names could not be checked; common "
-              "spellings (id, question, answer(s), image / image_path / image_url, topic / category)",
-              False, _generic),
+    Benchmark("livevqa", _MMSR1, "LiveVQA benchmark.json as in github.com/fumingyang2004/LIVEVQA "
+              "liveVQA_benchmarks/{News,Paper,Video}/benchmark.json: a list of items {id, img_path, level1_qa, "
+              "level2_qa, source, time}, each level {question, question_type, options, Ground_Truth (the option "
+              "letter), Ground_Truth_List (aliases), img_path, img_url}; one task per level, id ID-level1 / "
+              "ID-level2; images under <Bench>_imgs / <Bench>_images next to the file or image_dir. The hub "
+              "copy (ONE-Lab/LiveVQA-new Dataset_viewer_flat.parquet) has unchecked columns: flat rows "
+              "without Ground_Truth* fall back to common spellings", True, _livevqa, parts=_livevqa_parts),
     Benchmark("encvqa", _DEEP, "Encyclopedic-VQA CSV (google-research/encyclopedic_vqa {train,val,test}.csv): "
               "question, answer ('|' between annotators, '&&' inside multi-answers), dataset_image_ids "
               "(iNaturalist 2021 / Landmarks v2 ids; files under image_dir), question_type, "
               "encyclopedic_vqa_split, wikipedia_url", True, _encvqa),
-    Benchmark("dynvqa", _DEEP, "Dyn-VQA (OmniSearch): field names could not be checked; common spellings "
-              "(question, answer list, image path or image_url)", False, _generic),
+    Benchmark("dynvqa", _DEEP, "Dyn-VQA JSONL as in github.com/Alibaba-NLP/OmniSearch dataset/DynVQA_en.jsonl "
+              "and dataset/DynVQA_zh.jsonl: image_url (a URL only; files under image_dir by name), question, "
+              "question_id (en1.. / zh1.., gives meta['language']), answer (list of aliases in both languages, "
+              "numbers as ints), gloden_query (sic: the question with the entity named; kept in meta); rows "
+              "without question_id fall back to common spellings", True, _dynvqa),
     Benchmark("okvqa", _DEEP, "OK-VQA on the hub (lmms-lab/OK-VQA: question_id, image, question, answers, "
               "question_type, answer_type; or the official annotations' answers as {answer, raw_answer, "
               "answer_confidence} dicts with image_id for COCO val2014 files)", True, _okvqa, "val2014"),
@@ -306,6 +389,13 @@ def get_benchmark(name: str) -> Benchmark:
     if key not in BENCHMARKS:
         raise ConfigError(f"unknown benchmark {name!r}; choose one of {sorted(BENCHMARKS)}")
     return BENCHMARKS[key]
+
+
+def _units(bench: Benchmark, rows: Sequence[Mapping[str, Any]]
+           ) -> Iterator[tuple[int, str, Mapping[str, Any]]]:
+    for index, row in enumerate(rows):
+        for label, part in bench.parts(row) if bench.parts else (("", row),):
+            yield index, label, part
 
 
 def load_benchmark(name: str, location: str | Path | Rows, *, split: str | None = None,
@@ -328,10 +418,10 @@ def load_benchmark(name: str, location: str | Path | Rows, *, split: str | None 
     tasks: list[Task] = []
     seen: set[str] = set()
     skipped = 0
-    for index, row in enumerate(rows.rows):
+    for index, label, row in _units(bench, rows.rows):
         if limit is not None and len(tasks) >= limit:
             break
-        ctx = RowContext(where=f"{rows.where} row {index}", index=index, stem=stem, split=task_split,
+        ctx = RowContext(where=f"{rows.where} row {index}{label}", index=index, stem=stem, split=task_split,
                          images=resolver, explicit_split=split is not None)
         try:
             task = bench.to_task(row, ctx)

@@ -204,6 +204,116 @@ def test_livevqa_generic_fields_and_clear_errors(tmp_path: Path) -> None:
     assert len(load_source(f"livevqa:{path}?limit=1")) == 1
 
 
+def _livevqa_level(question: str, qtype: str | None, options: list[str], letter: str, truths: list[str],
+                   img: str, url: str | None) -> dict:
+    level = {"question": question}
+    if qtype is not None:
+        level["question_type"] = qtype
+    level |= {"options": options, "Ground_Truth": letter, "Ground_Truth_List": truths, "img_path": img}
+    if url is not None:
+        level["img_url"] = url
+    return level
+
+
+def test_livevqa_benchmark_json_as_published(tmp_path: Path) -> None:
+    # fumingyang2004/LIVEVQA liveVQA_benchmarks/{News,Paper,Video}/benchmark.json: a JSON list of
+    # {id, img_path, level1_qa, level2_qa, source, time}; each level {question, question_type, options,
+    # Ground_Truth (letter), Ground_Truth_List, img_path, img_url}; images in <Bench>_imgs / <Bench>_images.
+    news = tmp_path / "News"
+    _jpg_file(news / "News_imgs" / "cnn_ba7241a5.jpg", (220, 0, 0))
+    img, url = "cnn_ba7241a5.jpg", "https://media.cnn.com/api/v1/images/stellar/prod/debate.jpg?c=16x9"
+    items = [{
+        "id": "0_20250507132827113360", "img_path": img,
+        "level1_qa": _livevqa_level("Based on the provided image, what event is taking place?", "event",
+                                    ["A. 2024 Democratic National Convention", "B. CBS News vice presidential debate"],
+                                    "B", ["CBS News vice presidential debate", "CBS vice presidential debate"],
+                                    img, url),
+        "level2_qa": _livevqa_level("What is the exact count of new clean energy jobs announced?", "count",
+                                    ["A. 312,900", "B. 109,000", "C. 200,000", "D. 142,000"], "B", ["109,000"],
+                                    img, url),
+        "source": "CNN World", "time": "2024-10-02T01:38:01.679Z"}]
+    path = news / "benchmark.json"
+    path.write_text(json.dumps(items, indent=2))
+    tasks = load_source(f"livevqa:{path}")
+    assert [t.id for t in tasks] == ["0_20250507132827113360-level1", "0_20250507132827113360-level2"]
+    first, second = tasks
+    assert first.answers == ("CBS News vice presidential debate", "CBS vice presidential debate")
+    assert second.answers == ("109,000",) and second.meta["taxonomy"] == "count"
+    assert first.meta["level"] == "level1" and first.meta["source"] == "CNN World" and first.meta["Ground_Truth"] == "B"
+    assert first.meta["item_id"] == "0_20250507132827113360" and first.image_url == url
+    assert first.load_image().getpixel((5, 5))[0] > 150 and first.split == "test"
+    assert len(load_benchmark("live-vqa", path, limit=1)) == 1
+    # Paper: img_path "ARXIV_ID/FILE" under Paper_images, level1 without question_type, the correct
+    # option's text differs from Ground_Truth_List; Video: img_url is "".
+    paper = tmp_path / "Paper"
+    _jpg_file(paper / "Paper_images" / "2505.00025" / "photo.png", (0, 0, 220))
+    pimg = "2505.00025/photo.png"
+    items = [{"id": "2505.00025", "img_path": pimg,
+              "level1_qa": _livevqa_level("What is the name of the paper associated with this image?", None,
+                                          ["A. Designing Networks", "B. A Method for Medical LLMs"], "B",
+                                          ["A Method for Medical LLMs"], pimg, None),
+              "level2_qa": _livevqa_level("Which core characteristic explains its success?", "generated_hard",
+                                          ["A. Distillation only", "C. Three dimensions of optimization"], "C",
+                                          ["systematically solving the problem from three dimensions"], pimg, None),
+              "source": "Arxiv", "time": "2025-05"}]
+    (paper / "benchmark.json").write_text(json.dumps(items))
+    level1, level2 = load_source(f"live-vqa:{paper / 'benchmark.json'}")
+    assert "taxonomy" not in level1.meta and level1.image_path.endswith("photo.png")
+    assert level2.answers == ("systematically solving the problem from three dimensions",
+                              "Three dimensions of optimization")
+    video = tmp_path / "Video"
+    _jpg_file(video / "Video_images" / "keyframe_26.jpg", (0, 200, 0))
+    items = [{"id": "1_1747109320853_l2qidx2_time", "img_path": "keyframe_26.jpg",
+              "level1_qa": _livevqa_level("Who is the teenager?", "person", ["A. Leah Shirley", "B. Amber"], "A",
+                                          ["Leah Shirley", "Leah"], "keyframe_26.jpg", ""),
+              "source": "YouTube_AI_Filtered_Error_Parallel"}]
+    (video / "benchmark.json").write_text(json.dumps(items))
+    (task,) = load_source(f"livevqa:{video / 'benchmark.json'}")
+    assert task.image_url is None and task.load_image().getpixel((5, 5))[1] > 150
+    # Without the image folder next to the file: a clear error that names image_dir.
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "benchmark.json").write_text(json.dumps(items))
+    with pytest.raises(DataError, match="keyframe_26.jpg' not found; pass the image folder as image_dir"):
+        load_source(f"livevqa:{tmp_path / 'elsewhere' / 'benchmark.json'}")
+    (task,) = load_source(f"livevqa:{tmp_path / 'elsewhere' / 'benchmark.json'}?image_dir={video / 'Video_images'}")
+    assert task.id == "1_1747109320853_l2qidx2_time-level1"
+
+
+def test_dynvqa_jsonl_as_published(tmp_path: Path) -> None:
+    # Alibaba-NLP/OmniSearch dataset/DynVQA_{en,zh}.jsonl: image_url, question, question_id (en1 / zh1),
+    # answer (aliases in both languages, numbers as ints), gloden_query (sic).
+    base = "https://mitalinlp.oss-cn-hangzhou.aliyuncs.com/rallm/mm_data/vfreshqa_datasets_v2/Freshqa_en_zh/"
+    rows = [
+        {"image_url": base + "Freshqa_en_extracted_images/image_1.jpeg",
+         "question": "What is the name of his third child?", "question_id": "en1",
+         "answer": ["莱昂纳多·迪卡普里奥没有任何孩子。", "Leonardo DiCaprio does not have any children."],
+         "gloden_query": "What is the name of Leonardo DiCaprio's third child?"},
+        {"image_url": base + "Freshqa_en_extracted_images/image_125.jpeg",
+         "question": "How many humans have landed on this planet?", "question_id": "en34",
+         "answer": ["目前还没有人类去过火星。", 0, "零", "No humans have been to Mars yet.", 0, "zero", "none"],
+         "gloden_query": "How many humans have landed on Mars?"},
+    ]
+    path = tmp_path / "DynVQA_en.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    with pytest.raises(DataError, match="only a URL .*image_dir"):
+        load_source(f"dynvqa:{path}")
+    images = tmp_path / "Freshqa_en_extracted_images"
+    _jpg_file(images / "image_1.jpeg", (200, 10, 10))
+    _jpg_file(images / "image_125.jpeg", (10, 10, 200))
+    first, second = load_source(f"dynvqa:{path}?image_dir={images}")
+    assert first.id == "en1" and first.answers[1] == "Leonardo DiCaprio does not have any children."
+    assert second.answers == ("目前还没有人类去过火星。", "0", "零", "No humans have been to Mars yet.", "zero", "none")
+    assert first.meta["language"] == "en" and first.meta["gloden_query"].startswith("What is the name of Leonardo")
+    assert second.image_url.endswith("image_125.jpeg") and second.load_image().getpixel((5, 5))[2] > 150
+    zh = tmp_path / "DynVQA_zh.jsonl"
+    zh.write_text(json.dumps({"image_url": base + "Freshqa_en_extracted_images/image_158.jpeg",
+                              "question": "该国家联邦议院有多少席位？", "question_id": "zh36", "answer": [735, 735],
+                              "gloden_query": "德国联邦议院有多少个席位？"}, ensure_ascii=False) + "\n")
+    _jpg_file(images / "image_158.jpeg", (1, 2, 3))
+    (task,) = load_benchmark("dyn-vqa", zh, image_dir=images)
+    assert task.answers == ("735",) and task.meta["language"] == "zh" and task.split == "test"
+
+
 def test_answer_aliases_flatten_every_shape() -> None:
     assert answer_aliases("a", ["b", "a"], '["c"]', {"answer": "d"}, 3.0, None) == ("a", "b", "c", "d", "3")
     assert answer_aliases(["x", "y", "y"], by_frequency=True) == ("y", "x")
