@@ -247,7 +247,16 @@ def test_writers_sigkilled_mid_write_lose_nothing_acknowledged(redis_server: Red
 def _patient_writer(url: str, worker: int, n: int, ack_path: str, out: Any) -> None:
     """Write n entries through outages: a SearchError is retried (bounded), each success logged."""
     errors = 0
-    with SearchCache(CountingBackend(), store=url) as cache, open(ack_path, "a") as acks:
+    for _ in range(2000):  # a writer that starts late may meet the outage when it connects
+        try:
+            cache = SearchCache(CountingBackend(), store=url)
+            break
+        except SearchError:
+            errors += 1
+            time.sleep(0.01)
+    else:
+        raise RuntimeError("the server never came up")
+    with cache, open(ack_path, "a") as acks:
         for i in range(n):
             query = f"restart w{worker} {i}" if i % 3 else f"restart shared {i}"
             for _ in range(2000):
