@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from fixture_world import france_backend, scene_png
 
@@ -16,6 +18,22 @@ def _isolated_cache_dir(tmp_path_factory: pytest.TempPathFactory):
     mp.setenv("MMSEARCH_GYM_CACHE", str(tmp_path_factory.mktemp("search-cache")))
     yield
     mp.undo()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A private local Ray instance with 2 CPUs for one test module; yields its GCS address.
+
+    The module's own classes (test backends) reach Ray's workers by value: they cannot import it.
+    """
+    ray = pytest.importorskip("ray", reason="the Ray executor needs the extra: pip install 'mmsearch-gym[ray]'")
+    ray.cloudpickle.register_pickle_by_value(request.module)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+        ray.cloudpickle.unregister_pickle_by_value(request.module)
 
 
 @pytest.fixture

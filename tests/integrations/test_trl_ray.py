@@ -8,8 +8,6 @@ One Ray instance serves the whole module and is shut down after it.
 from __future__ import annotations
 
 import dataclasses
-import sys
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -36,16 +34,6 @@ SCRIPTS: list[tuple[str, list[str]]] = [
 ]
 
 
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[str]:
-    """A private local Ray instance with 2 CPUs; yields its GCS address."""
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
-        ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
 @pytest.fixture
