@@ -48,3 +48,15 @@ def component_overrides(args: argparse.Namespace) -> dict[str, Any]:
         if raw is not None:
             out[name] = parse_component(raw)
     return out
+
+
+def add_env_options(parser: argparse.ArgumentParser) -> None:
+    """``--tasks``, ``--dialect``, ``--set`` and the component flags: the env a data command plays
+    (read back by :func:`mmsearch_gym.commands.eval.env_overrides`)."""
+    parser.add_argument("--tasks", default=None, metavar="SOURCE",
+                        help="task source (world:SPLIT, jsonl:PATH, infoseek:PATH, simplevqa:hf:NAME ...)")
+    parser.add_argument("--dialect", default=None, choices=("mmsearch-r1", "deepmmsearch-r1", "tool-json"),
+                        help="action grammar (default: the env's)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="env_set",
+                        help="another env override, JSON value")
+    add_component_flags(parser)

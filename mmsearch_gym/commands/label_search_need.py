@@ -18,22 +18,16 @@ import argparse
 import sys
 from collections import Counter
 
-from mmsearch_gym.commands.components import add_component_flags
+from mmsearch_gym.commands.components import add_env_options
 
 HELP = "label tasks search-free / search-required by answering them k times without search"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env", default="MMSearch-v0", metavar="ID", help="registered env id (default MMSearch-v0)")
-    parser.add_argument("--tasks", default=None, metavar="SOURCE",
-                        help="task source (world:SPLIT, jsonl:PATH, infoseek:PATH, simplevqa:hf:NAME ...)")
     parser.add_argument("--policy", default="direct", metavar="SPEC",
                         help="the model to probe: direct | transformers:PATH | openai:URL[#model] ... (default direct)")
-    parser.add_argument("--dialect", default=None, choices=("mmsearch-r1", "deepmmsearch-r1", "tool-json"),
-                        help="action grammar (default: the env's)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="env_set",
-                        help="another env override, JSON value")
-    add_component_flags(parser)  # --backend, --judge, --summarizer, --grounder, as in eval
+    add_env_options(parser)  # --tasks, --dialect, --set, --backend, --judge, --summarizer, --grounder
     parser.add_argument("--policy-set", action="append", default=[], metavar="KEY=VALUE", dest="policy_set",
                         help="a policy option, JSON value (e.g. --policy-set temperature=1.0)")
     parser.add_argument("-k", type=int, default=4, help="no-search answers per task (default 4)")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mmsearch_gym.commands.components import add_component_flags
+from mmsearch_gym.commands.components import add_env_options
 
 HELP = "build SFT data the DeepMMSearch-R1 way: teacher episodes, judged, balanced, topic-uniform"
 
@@ -27,15 +27,9 @@ HELP = "build SFT data the DeepMMSearch-R1 way: teacher episodes, judged, balanc
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env", default="MMSearch-Train-v0", metavar="ID",
                         help="registered env id (default MMSearch-Train-v0)")
-    parser.add_argument("--tasks", default=None, metavar="SOURCE",
-                        help="task source (world:SPLIT, jsonl:PATH, infoseek:PATH, simplevqa:hf:NAME ...)")
     parser.add_argument("--teacher", default="oracle", metavar="SPEC",
                         help="oracle | rag | transformers:PATH | openai:URL[#model] (default oracle)")
-    parser.add_argument("--dialect", default=None, choices=("mmsearch-r1", "deepmmsearch-r1", "tool-json"),
-                        help="action grammar (default: the env's)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="env_set",
-                        help="another env override, JSON value")
-    add_component_flags(parser)  # --backend, --judge, --summarizer, --grounder, as in eval
+    add_env_options(parser)  # --tasks, --dialect, --set, --backend, --judge, --summarizer, --grounder
     parser.add_argument("--policy-set", action="append", default=[], metavar="KEY=VALUE", dest="policy_set",
                         help="a teacher option, JSON value")
     parser.add_argument("--labels", default=None, metavar="PATH",
