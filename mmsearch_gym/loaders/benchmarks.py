@@ -225,7 +225,7 @@ def _livevqa_parts(row: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]
     if not levels:
         return [("", row)]
     outer = {k: v for k, v in row.items() if k not in ("level1_qa", "level2_qa")}
-    parts = []
+    parts: list[tuple[str, Mapping[str, Any]]] = []
     for key in levels:
         level = key.split("_")[0]
         item_id = row.get("id")
