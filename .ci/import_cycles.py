@@ -2,7 +2,8 @@
 
     python .ci/import_cycles.py            # prints every cycle and every core -> integration import
 
-Imports under ``if TYPE_CHECKING:`` are left out (they never run). A ``from pkg import name``
+Imports under ``if TYPE_CHECKING:`` count too (the house rule: a cycle for the type checker is a
+cycle in the design; use a Protocol instead). A ``from pkg import name``
 counts as an import of ``pkg.name`` when that is a module, else of ``pkg``; ``import pkg.sub``
 counts as an import of ``pkg.sub`` only (Python loads the parent package first, which is not a
 dependency of the importer). Exit status 1 when a cycle, or a core module other than the CLI's
@@ -31,23 +32,16 @@ def modules(root: Path = ROOT) -> dict[str, Path]:
     return out
 
 
-def _runtime_nodes(tree: ast.AST) -> Iterator[ast.AST]:
-    """Every node except those under ``if TYPE_CHECKING:``."""
-    stack = [tree]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            stack.extend(node.orelse)
-            continue
-        yield node
-        stack.extend(ast.iter_child_nodes(node))
+def _nodes(tree: ast.AST) -> Iterator[ast.AST]:
+    """Every node, those under ``if TYPE_CHECKING:`` included."""
+    return ast.walk(tree)
 
 
 def imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
-    """The package modules ``name`` imports at run time (with the parent packages they load)."""
+    """The package modules ``name`` imports, for running or for typing (with the parent packages they load)."""
     is_package = path.name == "__init__.py"
     found: set[str] = set()
-    for node in _runtime_nodes(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in _nodes(ast.parse(path.read_text(encoding="utf-8"))):
         targets: list[str] = []
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]

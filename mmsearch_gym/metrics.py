@@ -41,14 +41,11 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 from mmsearch_gym.actions import Answer
 from mmsearch_gym.errors import ConfigError
 from mmsearch_gym.reward import RewardBreakdown
-
-if TYPE_CHECKING:
-    from mmsearch_gym.trajectories import Trajectory
 
 __all__ = ["SEARCH_KINDS", "EpisodeResult", "Metrics", "SearchKind"]
 
@@ -56,6 +53,35 @@ SearchKind = Literal["image", "crop", "text"]
 SEARCH_KINDS: tuple[str, ...] = ("image", "crop", "text")
 """What ``info["search_log"]`` holds, one entry per search the env ran: a whole-image search, an
 image search on a crop box, a text search."""
+
+
+
+class RecordedTurn(Protocol):
+    """What a recorded turn tells the metrics (a :class:`mmsearch_gym.trajectories.Turn`)."""
+
+    @property
+    def counts(self) -> Mapping[str, int]: ...
+    @property
+    def box(self) -> Any: ...
+    @property
+    def action(self) -> Mapping[str, Any]: ...
+
+
+class RecordedEpisode(Protocol):
+    """What a recorded episode tells the metrics (a :class:`mmsearch_gym.trajectories.Trajectory`);
+    a Protocol, so the metrics import nothing of the trajectories that record them."""
+
+    @property
+    def episode(self) -> int: ...
+    @property
+    def task_id(self) -> str: ...
+    @property
+    def category(self) -> str: ...
+    @property
+    def reward(self) -> RewardBreakdown: ...
+    @property
+    def turns(self) -> Sequence[RecordedTurn]: ...
+
 
 _INFO_KEYS = ("task_id", "category", "reward_breakdown", "image_searches", "text_searches", "turn", "search_log")
 
@@ -135,7 +161,7 @@ class EpisodeResult:
                                    invalid_turns=int(info.get("invalid_turns", 0)))
 
     @classmethod
-    def from_trajectory(cls, traj: Trajectory, reward: RewardBreakdown | None = None) -> EpisodeResult:
+    def from_trajectory(cls, traj: RecordedEpisode, reward: RewardBreakdown | None = None) -> EpisodeResult:
         """The result of a recorded episode (optionally re-scored with another breakdown).
 
         The searches run are read off each turn's counters (an image search with a box is a crop).

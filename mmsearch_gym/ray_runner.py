@@ -13,9 +13,9 @@ envs step, so a Ray run yields exactly the events of a serial one.
 Accounting (live calls and service cache hits, ``eval --json``) is counted in each actor and added
 to the driver's ledger when the pool closes, so it matches a serial run too.
 
-Replies travel as pickled bytes (as through the process pool's pipes), so the driver gets
-ordinary writable objects, not read-only views into Ray's object store. An exception inside an
-actor comes back as the same typed mmsearch_gym error (a ``CacheMiss`` stays a ``CacheMiss``),
+Replies travel through Ray's own serialisation; arrays that arrive as read-only views into
+Ray's object store are copied, so the driver gets the same writable objects a local run gives.
+An exception inside an actor comes back as the same typed mmsearch_gym error (a ``CacheMiss`` stays a ``CacheMiss``),
 anything else as an :class:`~mmsearch_gym.errors.MMSearchError` with the actor's traceback.
 
 Ray is the optional extra ``ray`` (``pip install 'mmsearch-gym[ray]'``); it is imported only here,
@@ -24,13 +24,14 @@ inside functions.
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from mmsearch_gym.env_factory import EnvFactory
 from mmsearch_gym.errors import ConfigError, MMSearchError
-from mmsearch_gym.runner import _portable_error, _rebuild_error, _Slots
+from mmsearch_gym.runner import _portable_error, _Slots, gather_replies, worker_batches
 from mmsearch_gym.services.accounting import LEDGER
 
 __all__ = ["RayExecutor", "RayPool", "import_ray"]
@@ -53,16 +54,12 @@ class _EnvActor:
         LEDGER.reset()  # this actor's live calls and service cache hits, handed back by close()
         self.slots = _Slots(factory)
 
-    def execute(self, commands: Sequence[tuple[Any, ...]]) -> bytes:
-        """Run a batch of slot commands; ``("ok", replies)`` or ``("error", portable error)``, pickled."""
+    def execute(self, commands: Sequence[tuple[Any, ...]]) -> tuple[str, Any]:
+        """Run a batch of slot commands; ``("ok", replies)`` or ``("error", portable error)``."""
         try:
-            reply: tuple[str, Any] = ("ok", [self.slots.execute(c) for c in commands])
+            return "ok", [self.slots.execute(c) for c in commands]
         except BaseException as err:  # report every failure to the driver, then keep serving
-            reply = ("error", _portable_error(err))
-        try:
-            return pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception as err:  # an env returned something that cannot travel
-            return pickle.dumps(("error", _portable_error(err)), protocol=pickle.HIGHEST_PROTOCOL)
+            return "error", _portable_error(err)
 
     def close(self) -> dict[str, dict[str, int]]:
         """Close the envs; the actor's accounting counts (they go into the driver's ledger)."""
@@ -131,30 +128,22 @@ class RayPool:
                               "use fewer workers or add nodes")
 
     def run(self, commands: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        batches = worker_batches(commands, self.workers)
+        pending = {worker: self.actors[worker].execute.remote([commands[p] for p in positions])
+                   for worker, positions in batches.items()}  # every actor works at once
+        return gather_replies(len(commands), ((positions, self._receive(worker, pending[worker]))
+                                              for worker, positions in batches.items()))
+
+    @staticmethod
+    def _receive(worker: int, ref: Any) -> tuple[str, Any]:
         ray = import_ray()
-        batches: list[list[int]] = [[] for _ in range(self.workers)]
-        for position, command in enumerate(commands):
-            batches[command[1] % self.workers].append(position)
-        pending = [(worker, positions, self.actors[worker].execute.remote([commands[p] for p in positions]))
-                   for worker, positions in enumerate(batches) if positions]
-        out: list[Any] = [None] * len(commands)
-        failure: BaseException | None = None
-        for worker, positions, ref in pending:
-            try:
-                status, payload = pickle.loads(ray.get(ref))
-            except ray.exceptions.RayActorError as err:
-                raise MMSearchError(f"Ray env actor {worker} died ({_first_line(err)}); run with executor='local' "
-                                    "to see the error") from None
-            except ray.exceptions.RayError as err:
-                raise MMSearchError(f"Ray env actor {worker} failed: {_first_line(err)}") from None
-            if status == "error":
-                failure = failure or _rebuild_error(payload)
-                continue
-            for position, result in zip(positions, payload, strict=True):
-                out[position] = result
-        if failure is not None:
-            raise failure
-        return out
+        try:
+            return _writable(ray.get(ref))
+        except ray.exceptions.RayActorError as err:
+            raise MMSearchError(f"Ray env actor {worker} died ({_first_line(err)}); run with executor='local' "
+                                "to see the error") from None
+        except ray.exceptions.RayError as err:  # e.g. a reply that cannot be serialised
+            raise MMSearchError(f"Ray env actor {worker} failed: {_first_line(err)}") from None
 
     def close(self) -> None:
         """Close every actor's envs, add their accounting counts to this process's ledger (as the
@@ -188,3 +177,15 @@ class RayPool:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+def _writable(value: Any) -> Any:
+    """``value`` with every read-only numpy array (a zero-copy view into Ray's object store)
+    copied, so what a Ray run hands the policy is as writable as a local run's."""
+    if isinstance(value, np.ndarray):
+        return value if value.flags.writeable else value.copy()
+    if isinstance(value, dict):
+        return {k: _writable(v) for k, v in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(_writable(v) for v in value)
+    return value

@@ -26,7 +26,7 @@ import multiprocessing
 import multiprocessing.connection
 import time
 import traceback
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -318,6 +318,31 @@ def _worker_main(conn: multiprocessing.connection.Connection, factory: EnvFactor
         conn.close()
 
 
+def worker_batches(commands: Sequence[tuple[Any, ...]], workers: int) -> dict[int, list[int]]:
+    """The positions of ``commands`` each worker runs (slot ``s`` lives on worker ``s % workers``),
+    for the workers that have any, in worker order."""
+    batches: dict[int, list[int]] = {}
+    for position, command in enumerate(commands):
+        batches.setdefault(command[1] % workers, []).append(position)
+    return dict(sorted(batches.items()))
+
+
+def gather_replies(n: int, replies: Iterable[tuple[list[int], tuple[str, Any]]]) -> list[Any]:
+    """Put each worker's ``("ok", results)`` back at its commands' positions; after reading every
+    reply, raise the first ``("error", portable error)`` as the exception it was."""
+    out: list[Any] = [None] * n
+    failure: BaseException | None = None
+    for positions, (status, payload) in replies:
+        if status == "error":
+            failure = failure or _rebuild_error(payload)
+            continue
+        for position, result in zip(positions, payload, strict=True):
+            out[position] = result
+    if failure is not None:
+        raise failure
+    return out
+
+
 def _portable_error(err: BaseException) -> dict[str, str]:
     """A worker's exception as plain strings: its class's import path, message and traceback."""
     return {"module": type(err).__module__, "qualname": type(err).__qualname__, "message": str(err),
@@ -363,30 +388,18 @@ class _ProcessPool:
             self.procs.append(proc)
 
     def run(self, commands: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-        batches: list[list[int]] = [[] for _ in range(self.workers)]
-        for position, command in enumerate(commands):
-            batches[command[1] % self.workers].append(position)
-        for worker, positions in enumerate(batches):
-            if positions:
-                self.conns[worker].send([commands[p] for p in positions])
-        out: list[Any] = [None] * len(commands)
-        failure: BaseException | None = None
-        for worker, positions in enumerate(batches):
-            if not positions:
-                continue
-            try:
-                status, payload = self.conns[worker].recv()
-            except (EOFError, OSError):
-                raise MMSearchError(f"env worker {worker} died (exit code {self.procs[worker].exitcode}); "
-                                    "run with workers=1 to see the error") from None
-            if status == "error":
-                failure = failure or _rebuild_error(payload)
-                continue
-            for position, result in zip(positions, payload, strict=True):
-                out[position] = result
-        if failure is not None:
-            raise failure
-        return out
+        batches = worker_batches(commands, self.workers)
+        for worker, positions in batches.items():
+            self.conns[worker].send([commands[p] for p in positions])
+        return gather_replies(len(commands), ((positions, self._receive(worker))
+                                              for worker, positions in batches.items()))
+
+    def _receive(self, worker: int) -> tuple[str, Any]:
+        try:
+            return self.conns[worker].recv()
+        except (EOFError, OSError):
+            raise MMSearchError(f"env worker {worker} died (exit code {self.procs[worker].exitcode}); "
+                                "run with workers=1 to see the error") from None
 
     def close(self) -> None:
         for conn in self.conns:

@@ -69,6 +69,8 @@ def test_runner_events_on_ray_equal_local_ones(ray_cluster: str, tiny_tasks: Tas
         policy = make_policy("oracle", tasks=tasks, reader=CapitalReader())
         with EpisodeRunner(make, workers=workers, batch_size=3, executor=executor) as runner:
             events = list(runner.run(policy, seed=2))
+        # observations arrive as writable arrays, as from a local env (not read-only object-store views)
+        assert all(e.observation["image"].flags.writeable for e in events if isinstance(e, StepEvent))
         runs.append([(e.episode, e.turn, e.text, e.observation["text"], e.reward, e.terminated, e.truncated,
                       e.info["search_log"], e.info["messages"][-1]) if isinstance(e, StepEvent)
                      else (e.episode, e.seed, e.result, len(e.view.steps)) for e in events])

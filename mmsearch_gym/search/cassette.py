@@ -32,7 +32,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from mmsearch_gym import validation
 from mmsearch_gym.errors import ConfigError, DataError
@@ -40,8 +40,23 @@ from mmsearch_gym.search.base import Hit
 from mmsearch_gym.search.entry import CacheEntry, normalize_query
 from mmsearch_gym.search.store import Store, iter_entries, open_store
 
-if TYPE_CHECKING:
-    from mmsearch_gym.search.cache import SearchCache
+
+class CacheLike(Protocol):
+    """What export and import need of a :class:`~mmsearch_gym.search.cache.SearchCache`: its
+    backend identity, its store and its entries (a Protocol, so this module imports no cache)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def params(self) -> dict[str, Any]: ...
+    @property
+    def location(self) -> str: ...
+    @property
+    def store(self) -> Store: ...
+
+    def entries(self) -> Iterable[tuple[str, CacheEntry]]: ...
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "CassetteInfo", "export_cassette", "import_cassette", "read_cassette",
            "verify_cassette", "write_cassette"]
@@ -143,7 +158,7 @@ def _groups(store: Store) -> dict[tuple[str, str, str], list[CacheEntry]]:
     return groups
 
 
-def export_cassette(cache: SearchCache | str | Path, path: str | Path, *, backend: str | None = None) -> int:
+def export_cassette(cache: CacheLike | str | Path, path: str | Path, *, backend: str | None = None) -> int:
     """Export a cache to a cassette file; returns the number of entries written.
 
     From a :class:`SearchCache`, the entries of its own backend are exported. From a cache
@@ -345,7 +360,7 @@ def verify_cassette(path: str | Path) -> CassetteInfo:
     return read_cassette(path)
 
 
-def import_cassette(cache: SearchCache | str | Path, path: str | Path | CassetteInfo) -> int:
+def import_cassette(cache: CacheLike | str | Path, path: str | Path | CassetteInfo) -> int:
     """Validate a whole cassette, then store every entry; returns the number of entries.
 
     ``path`` may also be a :class:`CassetteInfo` already read by :func:`read_cassette`.

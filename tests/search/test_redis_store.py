@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from tests.search.test_cache import (
     expected_image,
     expected_text,
 )
+from tests.search.writers import kill_writers_when
 
 
 def _image(i: int) -> ImageQuery:
@@ -222,21 +221,8 @@ def test_eight_processes_share_one_redis(redis_server: RedisServer) -> None:
 def test_writers_sigkilled_mid_write_lose_nothing_acknowledged(redis_server: RedisServer, tmp_path: Path) -> None:
     ctx = multiprocessing.get_context("spawn")
     acks = [tmp_path / f"acks{w}.txt" for w in range(4)]
-    for path in acks:
-        path.touch()
     procs = [ctx.Process(target=_writer_until_killed, args=(redis_server.url, str(path))) for path in acks]
-    for proc in procs:
-        proc.start()
-    deadline = time.monotonic() + 60
-    while (sum(p.read_text().count("\n") for p in acks) < 200 and time.monotonic() < deadline
-           and all(p.is_alive() for p in procs)):
-        time.sleep(0.02)
-    for proc in procs:
-        os.kill(proc.pid, signal.SIGKILL)
-    for proc in procs:
-        proc.join(timeout=30)
-        assert proc.exitcode == -signal.SIGKILL
-    acked = {line for path in acks for line in path.read_text().split("\n")[:-1]}
+    acked = kill_writers_when(procs, acks, lambda counts: sum(counts) >= 200, timeout=60)
     assert len(acked) >= 50
     with SearchCache(None, store=redis_server.url, mode="replay", name="counting", version="1") as cache:
         for query in acked:

@@ -6,10 +6,7 @@ Also ``verify_store`` / ``repair_store`` and many writers SIGKILLed mid-write.
 from __future__ import annotations
 
 import multiprocessing
-import os
-import signal
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +17,7 @@ from mmsearch_gym.search.entry import CacheEntry, DamagedValue, check_value
 from mmsearch_gym.search.store import HITS_KEY
 from mmsearch_gym.search.store_check import repair_store, verify_store
 from tests.search.test_cache import CountingBackend, expected_text
+from tests.search.writers import kill_writers_when
 
 
 def _big_query() -> str:
@@ -184,21 +182,8 @@ def test_eight_writers_sigkilled_lose_nothing_and_repair_cleans_up(tmp_path: Pat
     directory = tmp_path / "cache"
     ctx = multiprocessing.get_context("spawn")
     acks = [tmp_path / f"acks{w}.txt" for w in range(8)]
-    for path in acks:
-        path.touch()
     procs = [ctx.Process(target=_big_writer, args=(str(directory), w, str(acks[w]))) for w in range(8)]
-    for proc in procs:
-        proc.start()
-    deadline = time.monotonic() + 90
-    while (min(path.read_text().count("\n") for path in acks) < 10 and time.monotonic() < deadline
-           and all(p.is_alive() for p in procs)):
-        time.sleep(0.02)
-    for proc in procs:
-        os.kill(proc.pid, signal.SIGKILL)
-    for proc in procs:
-        proc.join(timeout=30)
-        assert proc.exitcode == -signal.SIGKILL
-    acked = {line for path in acks for line in path.read_text().split("\n")[:-1]}
+    acked = kill_writers_when(procs, acks, lambda counts: min(counts) >= 10, timeout=90)
     assert len(acked) >= 20
 
     repair_store(directory)

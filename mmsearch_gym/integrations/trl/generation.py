@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from PIL import Image
@@ -14,8 +14,14 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerB
 from mmsearch_gym.errors import DataError
 from mmsearch_gym.stopping import cut_at_stop, first_stop_token
 
-if TYPE_CHECKING:
-    from .rollout import _Episode
+
+class EpisodeTokens(Protocol):
+    """What generation reads of a rollout episode (``rollout._Episode``): its tokens so far and
+    its image features (a Protocol, so this module imports nothing of the rollout)."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    vision: dict[str, torch.Tensor]
 
 Processing = PreTrainedTokenizerBase | ProcessorMixin
 """A text model's tokenizer or a VLM's processor (TRL's ``processing_class``)."""
@@ -23,8 +29,8 @@ Prompt = Sequence[Mapping[str, Any]]
 """One chat prompt (system + user messages) as a GRPO dataset row holds it."""
 TurnOutput = tuple[list[int], list[float] | None]
 """One generated turn: new token ids and their log-probabilities (None without vLLM)."""
-Generate = Callable[[list["_Episode"], int], list[TurnOutput]]
-"""A batch of episodes and a token budget -> one new turn per episode."""
+Generate = Callable[[list[Any], int], list[TurnOutput]]
+"""A batch of episodes (:class:`EpisodeTokens`) and a token budget -> one new turn per episode."""
 
 
 def _tokenizer_of(processing: Processing) -> PreTrainedTokenizerBase:
@@ -63,7 +69,7 @@ def _encode_prompt(processing: Processing, prompt: Prompt
     return list(ids), None, {}
 
 
-def _batch_vision(batch: Sequence[_Episode], device: torch.device) -> dict[str, torch.Tensor]:
+def _batch_vision(batch: Sequence[EpisodeTokens], device: torch.device) -> dict[str, torch.Tensor]:
     if not any(ep.vision for ep in batch):
         return {}
     return {
@@ -72,7 +78,7 @@ def _batch_vision(batch: Sequence[_Episode], device: torch.device) -> dict[str, 
     }
 
 
-def hf_generate(model: PreTrainedModel, processing: Processing, batch: Sequence[_Episode], max_new: int, *,
+def hf_generate(model: PreTrainedModel, processing: Processing, batch: Sequence[EpisodeTokens], max_new: int, *,
                 stops: Sequence[str], generation_config: GenerationConfig | None = None,
                 eos_token_ids: Sequence[int] | None = None,
                 **generate_kwargs: Any) -> list[tuple[list[int], None]]:
