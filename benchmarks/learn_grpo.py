@@ -1,7 +1,8 @@
 """Proof that the TRL adapter learns: a tiny random model, an SFT cold start, then GRPO.
 
-    python benchmarks/learn_grpo.py            # about 6 minutes on 2 CPU cores
-    python benchmarks/learn_grpo.py --quick    # a smoke run (a minute or two)
+    python benchmarks/learn_grpo.py               # about 6 minutes on 2 CPU cores
+    python benchmarks/learn_grpo.py --copy-proof  # past the blind ceiling by copying names (see COPY_PROOF)
+    python benchmarks/learn_grpo.py --quick       # a smoke run (a minute or two)
 
 A randomly initialised Qwen2 (hidden size 64, 2 layers; tokenizer trained here) plays the
 built-in world through MMSearchEnv in the MMSearch-R1 dialect:
@@ -26,10 +27,11 @@ is the two categories that need only the tags, the decision to search and the re
 Country names are single tokens of the tiny tokenizer (``--entity-tokens``), prompts are one
 line plus the dialect's action hint, and results are cut to the top one, because CPU time grows
 with every token. The model learns to name the training countries from their result
-descriptions; it does not learn to copy a name it never saw from the results (tried, see the
-README), so on the test split the image_search answers stay wrong whatever GRPO does, and the
-best it can reach there is the blind ceiling of :func:`blind_ceilings`. A long cold start
-(``--sft-steps 800 --grpo-temperature 0.5``) reaches that ceiling by SFT alone.
+descriptions; in this default run it does not copy a name it never saw from the results, so on
+the test split its image_search answers stay wrong whatever GRPO does, and the best it can reach
+there is the blind ceiling of :func:`blind_ceilings`. A long cold start (``--sft-steps 800
+--grpo-temperature 0.5``) reaches that ceiling by SFT alone. ``--copy-proof`` (:data:`COPY_PROOF`)
+is the run that goes past it: image_search tasks only, where the answer is in the results alone.
 
 Writes ``benchmarks/results/learn_grpo.json`` (config, baselines, the blind ceilings of
 :func:`blind_ceilings`, the three evaluations with the ``mmsearch-gym eval`` command lines, the
@@ -111,6 +113,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                    balance=0.5 if len(categories) > 1 else None, images=vision,
                                    thumbnails=vision, system_prompt=system_prompt, work_dir=work / "teacher",
                                    seed=0, progress=args.progress)
+    if args.answer_space:
+        sft_data = space_after_answer_tag(sft_data, dialect)
     texts = [_text_of(m["content"]) for row in sft_data["messages"] for m in row]
     names: list[str] = []
     if args.entity_tokens:  # the world's country names as single tokens: copying one symbol
@@ -118,7 +122,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         names = [name for entity in load_knowledge().countries() for name in entity.answers]
     model_dir = T.make_tiny_model(work / "init", kind=args.kind, tasks=train_tasks, texts=texts, size=args.size,
                                   vocab_size=args.vocab_size, seed=args.seed, extra_tokens=names,
-                                  image_side=args.image_side)
+                                  image_side=args.image_side, spaces=args.spaces)
     model, tokenizer = load_tiny_model(model_dir)
     if args.entity_swaps or args.copy_chats:
         sft_data = augment_for_copying(sft_data, dialect, swaps=args.entity_swaps, copy_chats=args.copy_chats, seed=0,
@@ -128,6 +132,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.copy_pretrain_steps:
         t = time.perf_counter()
         copy_curve = pretrain_copying(model, _tokenizer_of(tokenizer), steps=args.copy_pretrain_steps,
+                                      span=args.copy_span, gap=args.copy_gap, batch_size=args.copy_batch,
                                       progress=args.progress)
         timings["copy_pretrain_s"] = time.perf_counter() - t
         print(f"copy pretraining: copy accuracy {copy_curve[-1]['copy_accuracy']:.3f}", flush=True)
@@ -316,6 +321,28 @@ def augment_for_copying(data: Any, dialect: Any, *, swaps: int, copy_chats: int,
     return datasets.Dataset.from_list(rows).shuffle(seed=seed)
 
 
+def space_after_answer_tag(data: Any, dialect: Any) -> Any:
+    """The teacher's answers written after a space (``<answer> Slovakia</answer>``, parsed the same).
+
+    With GPT-2's and Qwen's tokens a word carries the space before it: `` Slovakia`` in a result
+    title and ``Slovakia`` right after the tag are different tokens, so copying a name would mean
+    learning, for every word piece, which other piece it becomes. After a space the answer is the
+    title's very tokens, and copying is copying.
+    """
+    from mmsearch_gym.actions import Answer
+
+    marker = "ANSWER_MARKER"
+    before = dialect.format(Answer(marker)).split(marker)[0]  # "<reason></reason><answer>"
+    open_tag = before[before.rfind("<"):]
+
+    def spaced(row: dict[str, Any]) -> dict[str, Any]:
+        messages = [dict(m, content=m["content"].replace(open_tag, open_tag + " "))
+                    if m["role"] == "assistant" and isinstance(m["content"], str) else m for m in row["messages"]]
+        return {**row, "messages": messages}
+
+    return data.map(spaced)
+
+
 def made_up_names(count: int, *, seed: int) -> list[str]:
     """``count`` distinct capitalised names of 2 to 4 consonant-vowel syllables."""
     import random
@@ -327,6 +354,21 @@ def made_up_names(count: int, *, seed: int) -> list[str]:
         out.add(name.capitalize())
     return sorted(out)
 
+
+COPY_PROOF: dict[str, Any] = {
+    "categories": ["image_search"], "entity_tokens": False, "answer_space": True, "entity_swaps": 3,
+    "pseudo_names": 3000, "copy_pretrain_steps": 900, "copy_span": 32, "copy_gap": 96, "copy_batch": 32,
+    "sft_steps": 800, "sft_lr": 1e-3, "grpo_steps": 50, "grpo_lr": 1e-4, "grpo_temperature": 0.5,
+    "out": RESULTS / "learn_grpo_copy.json"}
+"""``--copy-proof``: a model that learns to copy a name it has never seen from a result into its answer.
+
+Test-split image_search tasks name countries that never occur in training, and a blind model
+scores 0 on them (:func:`blind_ceilings`); the only way up is reading the result. Each option
+removes one obstacle met by earlier stops (README): names are spelled in the same word pieces in
+a result and after ``<answer>`` (``spaces``); copy pretraining puts a random gap between the two
+copies so only content-based copying helps (``copy_gap``); three of four SFT chats swap the
+country for a made-up name so that memorising names does not pay (``entity_swaps``,
+``pseudo_names``); GRPO at a low rate and temperature keeps what SFT learned."""
 
 _COMMON_WORDS = ["red", "blue", "green", "flag", "star", "cross", "the", "of", "and", "with", "yellow", "white",
                  "black"]
@@ -388,6 +430,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run with tiny budgets")
+    parser.add_argument("--copy-proof", action="store_true",
+                        help="the copying proof: image_search tasks only, names spelled in separate-space word "
+                             "pieces, copy pretraining with gaps, pseudo-name swaps (options given too still win)")
     parser.add_argument("--size", default="tiny", help="tiny model size (tiny, small, base)")
     parser.add_argument("--kind", default="text", choices=("text", "vlm"),
                         help="a text-only Qwen2 or a tiny Qwen2.5-VL that sees the images")
@@ -395,6 +440,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--categories", nargs="+", default=CATEGORIES, help="task categories to train and test on")
     parser.add_argument("--copy-pretrain-steps", type=int, default=0,
                         help="first teach the random model to copy on random token strings (no task data)")
+    parser.add_argument("--copy-span", type=int, default=24, help="copy pretraining: length of the copied string")
+    parser.add_argument("--copy-gap", type=int, default=0,
+                        help="copy pretraining: up to this many random tokens between the two copies (0: none)")
+    parser.add_argument("--copy-batch", type=int, default=64, help="copy pretraining: rows per step")
+    parser.add_argument("--answer-space", action=argparse.BooleanOptionalAction, default=False,
+                        help="SFT answers written after a space, so a name is the same tokens as in a result title")
     parser.add_argument("--entity-swaps", type=int, default=0,
                         help="counterfactual copies of each image_search SFT chat with another country's name")
     parser.add_argument("--copy-chats", type=int, default=0, help="'Repeat: ...' chats mixed into SFT")
@@ -419,6 +470,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--entity-tokens", action=argparse.BooleanOptionalAction, default=True,
                         help="keep the world's country names as single tokens")
+    parser.add_argument("--spaces", default="prefix", choices=("prefix", "separate"),
+                        help="tiny tokenizer: a word's space on the word (GPT-2, Qwen) or a token of its own "
+                             "(a name is then the same tokens in a result and after <answer>)")
     parser.add_argument("--seed", type=int, default=0,
                         help="training seed (model init, SFT and GRPO order and sampling); "
                              "tasks and teacher episodes stay fixed")
@@ -429,6 +483,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grpo-beta", type=float, default=0.0)
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS / "learn_grpo.json")
+    if parser.parse_known_args(argv)[0].copy_proof:
+        parser.set_defaults(**COPY_PROOF)
     args = parser.parse_args(argv)
     if args.quick:
         args.sft_episodes, args.sft_steps, args.grpo_steps, args.eval_tasks, args.train_pool = 60, 20, 3, 32, 300

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerFast,
@@ -39,7 +39,7 @@ from mmsearch_gym.actions import DIALECTS, UNABLE_TO_ANSWER, Answer, ImageSearch
 from mmsearch_gym.errors import ConfigError
 
 __all__ = [
-    "CHAT_SPECIAL_TOKENS", "SIZES", "TAG_TOKENS", "VISION_SPECIAL_TOKENS", "ImageOnlyQwen2_5_VLProcessor",
+    "CHAT_SPECIAL_TOKENS", "SIZES", "SPACES", "TAG_TOKENS", "VISION_SPECIAL_TOKENS", "ImageOnlyQwen2_5_VLProcessor",
     "build_image_processor", "build_processor", "build_text_lm", "build_tokenizer", "build_vlm",
     "dialect_corpus", "load_tiny_model", "pretrain_copying", "save_tiny_model",
 ]
@@ -92,22 +92,43 @@ def _invalid_example() -> Invalid:
     return Invalid("no action found")
 
 
+SPACES = ("prefix", "separate")
+"""Where a word's space goes: ``prefix`` is GPT-2's and Qwen's byte-level BPE (`` Paris`` is one
+token, ``Paris`` after a tag another); ``separate`` makes every whitespace character a token of
+its own, so a word is the same tokens inside a sentence and right after a tag such as ``<answer>``."""
+
+# Qwen2's pre-tokenizer pattern (transformers loads any saved Qwen2 tokenizer with it, whatever
+# tokenizer.json says), and a finer one whose pieces never span two of Qwen's: both therefore give
+# the same tokens built here and loaded back by ``AutoTokenizer``
+_QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+_SEPARATE_SPACES_PATTERN = r"\p{L}+|\p{N}|[^\s\p{L}\p{N}]+|\s"
+
+
 def build_tokenizer(texts: Iterable[str], *, chat_template: str, vocab_size: int = 1024,
                     vision: bool = False, repeat: int = 3,
-                    extra_tokens: Sequence[str] = ()) -> PreTrainedTokenizerFast:
+                    extra_tokens: Sequence[str] = (), spaces: str = "prefix") -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer on ``texts`` (plus :func:`dialect_corpus`).
 
     ``chat_template`` is set verbatim (trainers match templates by exact text). ``vision`` adds
     Qwen-VL's image tokens. ``extra_tokens`` are whole words kept as one token each (e.g. the
     world's entity names, so that a tiny model copies a name from the results as one symbol).
+    ``spaces`` (see :data:`SPACES`): ``"separate"`` makes a name read in a result and the same name
+    written after ``<answer>`` identical token strings, so copying it is copying tokens, which a
+    pretrained LM can do and a tiny random one can learn (with ``"prefix"`` the first token differs).
     Deterministic: the same texts give the same vocabulary.
     """
     if not isinstance(chat_template, str) or "{%" not in chat_template:
         raise ConfigError("chat_template must be a Jinja chat template string")
+    if spaces not in SPACES:
+        raise ConfigError(f"spaces must be one of {SPACES}, got {spaces!r}")
     corpus = [t for t in list(texts) + dialect_corpus() if isinstance(t, str) and t]
     specials = list(CHAT_SPECIAL_TOKENS) + (list(VISION_SPECIAL_TOKENS) if vision else [])
     backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    pattern = _QWEN2_PATTERN if spaces == "prefix" else _SEPARATE_SPACES_PATTERN
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
@@ -222,10 +243,11 @@ def build_processor(tokenizer: PreTrainedTokenizerFast, *, chat_template: str,
 
 def save_tiny_model(out_dir: str | Path, *, chat_template: str, texts: Sequence[str] = (),
                     kind: str = "text", size: str = "tiny", vocab_size: int = 1024, seed: int = 0,
-                    image_side: int = 56, extra_tokens: Sequence[str] = ()) -> Path:
+                    image_side: int = 56, extra_tokens: Sequence[str] = (), spaces: str = "prefix") -> Path:
     """Build a tokenizer (and processor) plus a random model, save them to ``out_dir``.
 
-    ``kind`` is ``"text"`` (Qwen2 causal LM) or ``"vlm"`` (tiny Qwen2.5-VL). Returns ``out_dir``,
+    ``kind`` is ``"text"`` (Qwen2 causal LM) or ``"vlm"`` (tiny Qwen2.5-VL); ``spaces`` as in
+    :func:`build_tokenizer`. Returns ``out_dir``,
     loadable with :func:`load_tiny_model` (or ``from_pretrained`` for the text LM).
     """
     if kind not in ("text", "vlm"):
@@ -233,7 +255,7 @@ def save_tiny_model(out_dir: str | Path, *, chat_template: str, texts: Sequence[
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(texts, chat_template=chat_template, vocab_size=vocab_size,
-                                vision=kind == "vlm", extra_tokens=extra_tokens)
+                                vision=kind == "vlm", extra_tokens=extra_tokens, spaces=spaces)
     if kind == "text":
         model = build_text_lm(tokenizer, size=size, seed=seed)
         tokenizer.save_pretrained(out)
@@ -244,7 +266,7 @@ def save_tiny_model(out_dir: str | Path, *, chat_template: str, texts: Sequence[
     model.save_pretrained(out)
     (out / "mmsearch_tiny.json").write_text(json.dumps(
         {"kind": kind, "size": size, "vocab_size": len(tokenizer), "seed": seed,
-         "image_side": image_side}, indent=2), encoding="utf-8")
+         "image_side": image_side, "spaces": spaces}, indent=2), encoding="utf-8")
     return out
 
 
@@ -264,21 +286,28 @@ def load_tiny_model(path: str | Path) -> tuple[PreTrainedModel, Any]:
 
 
 def pretrain_copying(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, *, steps: int = 300,
-                     batch_size: int = 64, span: int = 24, learning_rate: float = 3e-3, seed: int = 0,
+                     batch_size: int = 64, span: int = 24, gap: int = 0, learning_rate: float = 3e-3, seed: int = 0,
                      progress: bool = False) -> list[dict[str, float]]:
     """Teach a random tiny LM to copy, on random token strings shown twice (no task data).
 
     A pretrained LM can repeat a word it has just read, whatever the word; a random one cannot,
     and the SFT cold start alone teaches it to name only the entities it was trained on. This
     stage stands in for LM pretraining: each example is ``span`` tokens drawn uniformly from the
-    whole non-special vocabulary followed by the same tokens again, with the loss on the repeat,
-    which grows induction heads (attend to the token after the earlier copy of the current one,
-    emit it) for every token alike. It knows nothing of the world: no text, no names, no tags.
+    whole non-special vocabulary, shown twice, with the loss on the repeat. It knows nothing of
+    the world: no text, no names, no tags.
+
+    ``gap`` = 0 puts the repeat right after the first copy, always ``span`` tokens back, which a
+    head attending to a fixed offset solves (fast, but it does not carry over to a name read
+    further back). ``gap`` > 0 puts 0 to ``gap`` random tokens between the copies and moves the
+    pair within ``2 * span + gap`` tokens, so only content-based copying (induction heads: find
+    the earlier occurrence of the current token, emit the one after it) lowers the loss; it
+    takes longer to appear (about 700 steps for the tiny model at ``span`` 32, ``gap`` 96).
 
     Returns the loss curve (``step``, ``loss``, ``copy_accuracy`` on the repeat), every 25 steps.
     """
-    if steps < 1 or batch_size < 1 or span < 2:
-        raise ConfigError(f"need steps >= 1, batch_size >= 1 and span >= 2, got {steps}, {batch_size}, {span}")
+    if steps < 1 or batch_size < 1 or span < 2 or gap < 0:
+        raise ConfigError(f"need steps >= 1, batch_size >= 1, span >= 2 and gap >= 0, "
+                          f"got {steps}, {batch_size}, {span}, {gap}")
     from tqdm import tqdm
 
     markup = set(tokenizer.all_special_ids) | set(tokenizer.convert_tokens_to_ids(
@@ -293,18 +322,32 @@ def pretrain_copying(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast,
     was_training = model.training
     model.train()
     for step in tqdm(range(steps), desc="copy pretraining", unit="step", disable=not progress):
-        first = pool[torch.randint(len(pool), (batch_size, span), generator=generator)]
-        ids = torch.cat([first, first], dim=1).to(device)
-        labels = ids.clone()
-        labels[:, :span + 1] = -100  # the first copy is unpredictable; its first token's repeat too
-        out = model(input_ids=ids, labels=labels)
+        ids, labels = _copy_batch(pool, batch_size, span, gap, generator)
+        out = model(input_ids=ids.to(device), labels=labels.to(device))
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         optimizer.step()
         schedule.step()
         if step % 25 == 0 or step == steps - 1:
             with torch.no_grad():
-                hits = out.logits[:, span:-1].argmax(-1) == ids[:, span + 1:]
-            curve.append({"step": step, "loss": float(out.loss.detach()), "copy_accuracy": float(hits.float().mean())})
+                scored = labels[:, 1:] != -100
+                hits = (out.logits[:, :-1].argmax(-1).cpu() == labels[:, 1:]) & scored
+            curve.append({"step": step, "loss": float(out.loss.detach()),
+                          "copy_accuracy": float(hits.sum() / scored.sum())})
     model.train(was_training)
     return curve
+
+
+def _copy_batch(pool: torch.Tensor, batch_size: int, span: int, gap: int,
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of ``2 * span + gap`` random tokens in which one ``span``-long string recurs, 0 to
+    ``gap`` tokens after its end; labels on the repeat but its first token (unpredictable)."""
+    ids = pool[torch.randint(len(pool), (batch_size, 2 * span + gap), generator=generator)]
+    labels = torch.full_like(ids, -100)
+    for row in range(batch_size):
+        between = int(torch.randint(gap + 1, (1,), generator=generator))
+        first = int(torch.randint(gap - between + 1, (1,), generator=generator))
+        second = first + span + between
+        ids[row, second:second + span] = ids[row, first:first + span]
+        labels[row, second + 1:second + span] = ids[row, second + 1:second + span]
+    return ids, labels
