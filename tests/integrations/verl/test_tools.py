@@ -26,7 +26,6 @@ from mmsearch_gym.integrations.verl.tools import (
     TextSearchTool,
     tool_config,
 )
-
 from mmsearch_gym.reward import RewardSpec, episode_reward
 
 from .helpers import ScriptedServer, loop_kwargs, trainer_config, world_rows
