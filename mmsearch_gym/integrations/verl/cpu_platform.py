@@ -21,11 +21,10 @@ Loaded by :mod:`.cpu` (``VERL_USE_EXTERNAL_MODULES=mmsearch_gym.integrations.ver
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from types import ModuleType
 from typing import Any
-
-import os
 
 import torch
 from verl.plugin.platform.platform_base import PlatformBase
