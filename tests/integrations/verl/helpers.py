@@ -90,18 +90,24 @@ def loop_kwargs(config: Any, server: Any, tokenizer: Any, tools: list | None = N
             "tools": ToolListWrap(tools or [])}
 
 
-def scripted_episodes(tokenizer: Any, rows: list[dict[str, Any]], replies: Any, env: Any) -> list[Any]:
-    """MMSearchAgentLoop outputs for ``rows``, each played with ``replies(row)`` as the policy."""
+def scripted_episodes(tokenizer: Any, rows: list[dict[str, Any]], replies: Any, env: Any,
+                      tools: list | None = None) -> list[Any]:
+    """Agent-loop outputs for ``rows``, each played with ``replies(row)`` as the policy: veRL's
+    ToolAgentLoop over ``tools`` when given, else MMSearchAgentLoop over ``env``."""
     import asyncio
+
+    from verl.experimental.agent_loop.tool_agent_loop import ToolAgentLoop
 
     from mmsearch_gym.integrations.verl.agent_loop import MMSearchAgentLoop
 
     async def main() -> list[Any]:
         outs = []
         for row in rows:
-            server = ScriptedServer(tokenizer, replies(row))
-            loop = MMSearchAgentLoop(**loop_kwargs(trainer_config(response_length=4096), server, tokenizer), env=env)
-            outs.append(await loop.run({"temperature": 1.0}, raw_prompt=row["prompt"], extra_info=row["extra_info"]))
+            kwargs = loop_kwargs(trainer_config(response_length=4096), ScriptedServer(tokenizer, replies(row)),
+                                 tokenizer, tools)
+            loop = ToolAgentLoop(**kwargs) if tools else MMSearchAgentLoop(**kwargs, env=env)
+            outs.append(await loop.run({"temperature": 1.0}, raw_prompt=row["prompt"], extra_info=row["extra_info"],
+                                       tools_kwargs=row["extra_info"]["tools_kwargs"]))
         return outs
 
     return asyncio.run(main())
