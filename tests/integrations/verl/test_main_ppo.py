@@ -30,6 +30,7 @@ from mmsearch_gym.tasks import TaskSet
 
 from .helpers import TEMPLATE, imprint, scripted_episodes
 
+pytestmark = pytest.mark.slow  # each runs veRL's trainer (Ray, 2 steps): about 2 min on 2 shared cores
 REPO = Path(__file__).resolve().parents[3]
 CALL = '<tool_call>{"name": "image_search", "arguments": {"bbox_2d": null}}</tool_call>'
 
