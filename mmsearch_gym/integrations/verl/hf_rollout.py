@@ -9,7 +9,8 @@ rollout name ``hf`` (``actor_rollout_ref.rollout.name=hf``):
 * :class:`HFRolloutServer`: veRL's token-in-token-out ``generate`` (what ``LLMServerClient``
   calls), sampling with ``model.generate`` (temperature, top-p, top-k, stop strings and token
   ids, ``max_tokens`` as vLLM caps it; stop strings are matched by Hugging Face's
-  ``StopStringCriteria``, at the end of prompt plus output) and returning each token's log-probability;
+  ``StopStringCriteria``, at the end of prompt plus output) and returning each token's
+  log-probability under the distribution it was sampled from;
 * :class:`HFServerAdapter` (``verl.workers.rollout.base._ROLLOUT_REGISTRY``, a plain dict veRL
   reads by ``(name, mode)``; it has no register function): the rollout object in each trainer
   worker; ``update_weights`` sends the trained weights to its replica's server, so every step
