@@ -8,11 +8,14 @@
   backend and cache (recorded, replayable) and its budgets;
 * :mod:`.agent_loop` -- ``MMSearchAgentLoop``, registered as ``mmsearch_agent``: drives one env
   per trajectory in the env's dialect; parsing, budgets, feedback and reward are the env's,
-  tool-result tokens get ``response_mask`` 0.
+  tool-result tokens get ``response_mask`` 0;
+* :mod:`.cpu` -- veRL's trainer without a GPU (``VERL_USE_EXTERNAL_MODULES`` loads it): a ``cpu``
+  platform with gloo and veRL's FSDP engine (:mod:`.cpu_platform`) and an ``hf`` rollout that
+  serves generation with ``model.generate`` (:mod:`.hf_rollout`); ``policies/verl-tiny-cpu.yaml``.
 
 Tested with verl 0.9.1 (transformers 5.10.4, torch 2.13.0 CPU); install with
 ``pip install -e ".[verl]"`` in its own virtualenv (veRL pins transformers<5.11).
-Only :mod:`.tools` and :mod:`.agent_loop` import veRL.
+Only :mod:`.tools`, :mod:`.agent_loop` and the CPU modules import veRL.
 """
 
 from pathlib import Path

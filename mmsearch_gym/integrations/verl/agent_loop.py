@@ -27,6 +27,7 @@ from uuid import uuid4
 from verl.experimental.agent_loop.agent_loop import (
     AgentLoopBase,
     AgentLoopOutput,
+    _agent_loop_registry,
     register,
 )
 
@@ -55,7 +56,6 @@ def _chat_message(message: Mapping[str, Any], vision: bool) -> tuple[dict[str, A
     return {"role": message["role"], "content": text}, []
 
 
-@register(AGENT_NAME)
 class MMSearchAgentLoop(AgentLoopBase):
     """Drive an MMSearchEnv per trajectory; see the module docstring."""
 
@@ -131,3 +131,11 @@ class MMSearchAgentLoop(AgentLoopBase):
             multi_modal_data={"images": images} if images else {},
             reward_score=fields["score"] if self.reward_source == "env" else None,
             num_turns=2 * turns + 1, metrics=metrics, extra_fields=extra)
+
+
+# The bare name (env from each row's extra_info, else MMSearch-v0), unless an agent-loop yaml
+# already registered it with its env: veRL's AgentLoopWorker loads that yaml before this module
+# is first imported (by hydra, to build the first loop), and an unconditional @register would
+# replace the yaml's entry, env and all, for every later trajectory.
+if AGENT_NAME not in _agent_loop_registry:
+    register(AGENT_NAME)(MMSearchAgentLoop)

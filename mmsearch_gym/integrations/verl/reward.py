@@ -5,7 +5,12 @@ Point veRL at it with ``reward.custom_reward_function.path=<this file>`` and
 loop's ``extra_fields`` into ``extra_info``; :class:`~.agent_loop.MMSearchAgentLoop` puts the
 episode's assistant turns there (``mmsearch_turns``) and the env's reward spec
 (``mmsearch_reward``), so this function scores exactly the turns the env saw, with the env's
-spec. Without them (a single-turn dataset) the whole response is one turn.
+spec. On veRL's ``ToolAgentLoop`` route the tools (:mod:`.tools`) write the turns the env
+stepped for each call, and a reference to the loop's message history; the model's last turn
+(the assistant message veRL appended after the last call) is added to them, read back from the
+decoded response, so the reward is ``score_episode`` of exactly the episode the env played.
+Without any of them (a single-turn dataset, or no tool was ever called) the whole response is
+one turn.
 """
 
 from __future__ import annotations
@@ -45,13 +50,49 @@ def breakdown_fields(breakdown: RewardBreakdown) -> dict[str, float]:
             "text_searches": float(breakdown.text_searches), "penalty": float(breakdown.penalty)}
 
 
+def _listed(value: Any, what: str) -> list[Any]:
+    if isinstance(value, (str, bytes, Mapping)) or not (isinstance(value, Sequence) or hasattr(value, "tolist")):
+        raise ConfigError(f"extra_info['{what}'] must be a list")
+    return list(value.tolist() if hasattr(value, "tolist") else value)
+
+
+def _decoded_tail(solution_str: str, content: str) -> str:
+    """``content`` as it ends ``solution_str``: its longest head that the response ends with.
+
+    veRL keeps a turn's text decoded with special tokens (``...</answer><|im_end|>``) and
+    truncated nowhere; the reward manager decodes the response without them and cut at
+    ``response_length``; the head both agree on is the turn the reward sees.
+    """
+    for cut in range(len(content), 0, -1):
+        if solution_str.endswith(content[:cut]):
+            return content[:cut]
+    return content
+
+
+def _final_turn(solution_str: str, extra_info: Mapping[str, Any]) -> str | None:
+    """The model's last turn after the tools' last call (ToolAgentLoop route), if veRL kept one."""
+    if "mmsearch_messages" not in extra_info or extra_info.get("mmsearch_episode_over"):
+        return None
+    messages = _listed(extra_info["mmsearch_messages"], "mmsearch_messages")
+    after = messages[int(extra_info.get("mmsearch_call_message", len(messages))) + 1:]
+    finals = [m for m in after if isinstance(m, Mapping) and m.get("role") == "assistant"]
+    if not finals:  # veRL stopped on max_assistant_turns / response_length before parsing it
+        return None
+    content = finals[-1].get("content") or ""
+    if not isinstance(content, str):
+        content = "".join(b.get("text") or "" for b in content if isinstance(b, Mapping))
+    return _decoded_tail(solution_str, content)
+
+
 def _turns(solution_str: str, extra_info: Mapping[str, Any]) -> list[str]:
     turns = extra_info.get("mmsearch_turns")
     if turns is None:
         return [solution_str]
-    if isinstance(turns, str) or not isinstance(turns, Sequence) and not hasattr(turns, "tolist"):
+    if isinstance(turns, str):
         raise ConfigError("extra_info['mmsearch_turns'] must be a list of assistant turns")
-    return [str(t) for t in (turns.tolist() if hasattr(turns, "tolist") else turns)]
+    turns = [str(t) for t in _listed(turns, "mmsearch_turns")]
+    final = _final_turn(solution_str, extra_info)
+    return turns if final is None else [*turns, final]
 
 
 def compute_score(data_source: str, solution_str: str, ground_truth: Any,

@@ -11,6 +11,14 @@ env's grounder, so use a deepmmsearch-r1 env such as ``MMSearch-Deep-v0`` for it
 veRL's ``ToolAgentLoop`` creates and releases a tool instance per call, so the episode lives on
 the loop's ``AgentData`` (shared by both tools) and goes back to the pool when that is freed.
 
+Reward on this route: after every call the tools write the episode into the loop's
+``extra_fields`` (which veRL's reward manager merges into ``extra_info``): the turns the env
+stepped (``mmsearch_turns``), its reward spec, whether the env ended the episode, and the loop's
+message history with the index of the calling assistant message. veRL appends the model's last
+turn to that history after the last call, so :func:`~.reward.compute_score` scores the env's
+turns plus that last turn: exactly ``score_episode`` of the episode the env played, not the whole
+response as one turn.
+
 Tool config keys (``tools[].config`` of a veRL tool yaml): ``type: native``, ``env`` (an env id
 or ``{"id"|"spec", "kwargs"}`` description; default ``MMSearch-v0``), ``return_images`` (attach
 result thumbnails as images, for VLMs; default false).
@@ -50,6 +58,21 @@ class _Episode:
     env: MMSearchEnv
     task_id: str
     over: bool = False
+
+
+def _record(episode: _Episode, agent_data: Any) -> None:
+    """Write the episode into the loop's ``extra_fields`` for :func:`~.reward.compute_score`.
+
+    ``mmsearch_messages`` is the loop's own history list (not a copy): veRL appends the model's
+    final turn to it after the last call, before the reward is computed.
+    """
+    fields, messages = getattr(agent_data, "extra_fields", None), getattr(agent_data, "messages", None)
+    if not isinstance(fields, dict) or not isinstance(messages, list):
+        return
+    fields.update({"mmsearch_turns": episode.env.turns, "mmsearch_task_id": episode.task_id,
+                   "mmsearch_reward": episode.env.reward_spec.describe(),
+                   "mmsearch_episode_over": episode.over, "mmsearch_messages": messages,
+                   "mmsearch_call_message": len(messages) - 1})
 
 
 def _schema(name: str, expression: bool) -> OpenAIFunctionToolSchema:
@@ -120,6 +143,7 @@ class MMSearchTool(BaseTool):
             return ToolResponse(text=str(err)), 0.0, {"invalid": 1}
         obs, _, terminated, truncated, info = episode.env.step(turn)
         episode.over = bool(terminated or truncated)
+        _record(episode, kwargs.get("agent_data"))
         images = None
         if self.return_images and info.get("messages"):
             last = info["messages"][-1]

@@ -88,3 +88,50 @@ def loop_kwargs(config: Any, server: Any, tokenizer: Any, tools: list | None = N
     return {"trainer_config": DictConfigWrap(config), "server_manager": server, "tokenizer": tokenizer,
             "processor": None, "dataset_cls": RLHFDataset, "data_config": DictConfigWrap(config.data),
             "tools": ToolListWrap(tools or [])}
+
+
+def scripted_episodes(tokenizer: Any, rows: list[dict[str, Any]], replies: Any, env: Any,
+                      tools: list | None = None) -> list[Any]:
+    """Agent-loop outputs for ``rows``, each played with ``replies(row)`` as the policy: veRL's
+    ToolAgentLoop over ``tools`` when given, else MMSearchAgentLoop over ``env``."""
+    import asyncio
+
+    from verl.experimental.agent_loop.tool_agent_loop import ToolAgentLoop
+
+    from mmsearch_gym.integrations.verl.agent_loop import MMSearchAgentLoop
+
+    async def main() -> list[Any]:
+        outs = []
+        for row in rows:
+            kwargs = loop_kwargs(trainer_config(response_length=4096), ScriptedServer(tokenizer, replies(row)),
+                                 tokenizer, tools)
+            loop = ToolAgentLoop(**kwargs) if tools else MMSearchAgentLoop(**kwargs, env=env)
+            outs.append(await loop.run({"temperature": 1.0}, raw_prompt=row["prompt"], extra_info=row["extra_info"],
+                                       tools_kwargs=row["extra_info"]["tools_kwargs"]))
+        return outs
+
+    return asyncio.run(main())
+
+
+def imprint(model: Any, episodes: list[Any], *, steps: int = 120, lr: float = 3e-3, seed: int = 0) -> list[float]:
+    """A few SFT steps on agent-loop episodes (loss on the policy's own tokens, response_mask 1),
+    so a random tiny LM takes the dialect's actions; returns the loss curve."""
+    torch.manual_seed(seed)
+    rows = []
+    for out in episodes:
+        ids = list(out.prompt_ids) + list(out.response_ids)
+        labels = [-100] * len(out.prompt_ids) + [t if m else -100 for t, m in zip(out.response_ids, out.response_mask,
+                                                                                   strict=True)]
+        rows.append((torch.tensor([ids]), torch.tensor([labels])))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    model.train()
+    losses = []
+    for step in range(steps):
+        ids, labels = rows[step % len(rows)]
+        loss = model(input_ids=ids, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    model.eval()
+    return losses

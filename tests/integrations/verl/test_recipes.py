@@ -33,7 +33,10 @@ def test_the_7b_recipe_mirrors_mmsearch_r1():
 
 def test_the_tiny_recipe_composes():
     cfg = load("verl-tiny-cpu.yaml")
-    assert (cfg.data.train_batch_size, cfg.actor_rollout_ref.rollout.n) == (4, 2)
+    assert (cfg.data.train_batch_size, cfg.actor_rollout_ref.rollout.n) == (2, 4)
+    assert (cfg.actor_rollout_ref.rollout.name, cfg.trainer.device) == ("hf", "cpu")  # see test_main_ppo
+    env_vars = cfg.ray_kwargs.ray_init.runtime_env.env_vars
+    assert env_vars.VERL_USE_EXTERNAL_MODULES == "mmsearch_gym.integrations.verl.cpu"
 
 
 def test_agent_loop_and_tool_yamls_load_through_verl():

@@ -37,3 +37,20 @@ def test_spec_descriptions_and_judges():
         spec_from_description(judged.describe())
     with pytest.raises(ConfigError, match="list of assistant turns"):
         compute_score("x", "", ["a"], {"mmsearch_turns": "one string"})
+
+
+def test_tool_route_adds_the_last_turn_as_the_response_ends_with_it():
+    spec = RewardSpec.deepmmsearch_r1()
+    stepped = ["<reason></reason><img_search><img></img_search>"]
+    final = "<reason>r</reason><answer>Peru</answer>"
+    messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "", "tool_calls": []},
+                {"role": "tool", "content": "<information>...</information>"},
+                {"role": "assistant", "content": final + "<|im_end|>"}]  # kept with special tokens
+    info = {"mmsearch_turns": stepped, "mmsearch_reward": spec.describe(), "mmsearch_messages": messages,
+            "mmsearch_call_message": 1, "mmsearch_episode_over": False}
+    response = "<tool_call>{}</tool_call>\nuser\n<information>...</information>\nassistant\n" + final
+    assert compute_score("x", response, ["Peru"], info)["score"] == episode_reward([*stepped, final], ["Peru"], spec)
+    cut = response[:-len("</answer>")]  # cut at response_length: the turn as the response has it
+    assert compute_score("x", cut, ["Peru"], info)["score"] == episode_reward([*stepped, final[:-9]], ["Peru"], spec)
+    over = {**info, "mmsearch_episode_over": True}  # the env ended the episode: later turns are not its
+    assert compute_score("x", response, ["Peru"], over)["score"] == episode_reward(stepped, ["Peru"], spec)

@@ -11,16 +11,22 @@ import asyncio
 import json
 from typing import Any
 
+import numpy as np
+import torch
+from verl import DataProto
 from verl.experimental.agent_loop.tool_agent_loop import ToolAgentLoop
+from verl.experimental.reward_loop.reward_manager.naive import NaiveRewardManager
 from verl.tools.base_tool import BaseTool
 
 from mmsearch_gym.actions import ImageSearch, Region, get_dialect
 from mmsearch_gym.env_factory import EnvFactory, unwrap_env
+from mmsearch_gym.integrations.verl.reward import compute_score
 from mmsearch_gym.integrations.verl.tools import (
     ImageSearchTool,
     TextSearchTool,
     tool_config,
 )
+from mmsearch_gym.reward import RewardSpec, episode_reward
 
 from .helpers import ScriptedServer, loop_kwargs, trainer_config, world_rows
 
@@ -73,6 +79,70 @@ def test_verl_tool_agent_loop_reaches_the_env_backend_and_budgets(tokenizer):
     assert "budget" in expected[2]  # the env's image-search budget (1) applies to veRL's calls
     generated = tokenizer.decode([t for t, m in zip(out.response_ids, out.response_mask, strict=False) if m == 1])
     assert "<tool_response>" not in generated and generated.count("<tool_call>") == 3
+
+
+def run_tool_loop(tokenizer: Any, row: dict[str, Any], replies: list[str], max_assistant_turns: int = 4) -> Any:
+    config = trainer_config(response_length=8192)
+    config.actor_rollout_ref.rollout.multi_turn.max_assistant_turns = max_assistant_turns
+
+    async def main() -> Any:
+        loop = ToolAgentLoop(**loop_kwargs(config, ScriptedServer(tokenizer, replies), tokenizer, tools()))
+        return await loop.run({"temperature": 1.0}, raw_prompt=row["prompt"][1:],
+                              extra_info=row["extra_info"], tools_kwargs=row["extra_info"]["tools_kwargs"])
+
+    return asyncio.run(main())
+
+
+def verl_reward(tokenizer: Any, row: dict[str, Any], out: Any) -> dict[str, Any]:
+    """veRL's own reward manager on the loop's output (what AgentLoopWorker hands it)."""
+    prompt, response = torch.tensor([out.prompt_ids]), torch.tensor([out.response_ids])
+    data = DataProto.from_dict(
+        tensors={"prompts": prompt, "responses": response,
+                 "attention_mask": torch.ones(1, prompt.shape[1] + response.shape[1], dtype=torch.long)},
+        non_tensors={"data_source": np.array([row["data_source"]], dtype=object),
+                     "reward_model": np.array([row["reward_model"]], dtype=object),
+                     "extra_info": np.array([dict(row["extra_info"])], dtype=object),
+                     "tool_extra_fields": np.array([out.extra_fields], dtype=object),
+                     "__num_turns__": np.array([out.num_turns])})
+
+    async def main() -> dict[str, Any]:
+        return await NaiveRewardManager(None, tokenizer, compute_score).run_single(data)
+
+    return asyncio.run(main())
+
+
+def test_tool_agent_loop_reward_is_the_envs_score_of_its_turns(tokenizer):
+    tasks, rows = world_rows(2, dialect="deepmmsearch-r1")
+    task, row = tasks[1], rows[1]
+    final = "<reason>the white, blue and red flag</reason><answer>Slovakia</answer>"
+    replies = [call("image_search", {"bbox_2d": None}), call("text_search", {"query": "flag of Slovakia"}), final]
+    out = run_tool_loop(tokenizer, row, replies)
+    result = verl_reward(tokenizer, row, out)
+
+    env_turns = ["<reason></reason><img_search><img></img_search>",
+                 "<reason></reason><text_search>flag of Slovakia</text_search>"]
+    assert out.extra_fields["mmsearch_turns"] == env_turns  # what the tools stepped
+    env = unwrap_env(EnvFactory.from_json(ENV).build())  # a plain env playing the same turns
+    env.reset(options={"task_id": task.id})
+    for turn in [*env_turns, final]:
+        info = env.step(turn)[4]
+    assert result["reward_score"] == info["reward_breakdown"].reward == 1.0
+    assert result["reward_extra_info"]["format"] == 1.0 and result["reward_extra_info"]["searches"] == 2.0
+    spec = RewardSpec.deepmmsearch_r1()
+    whole = episode_reward([tokenizer.decode(out.response_ids, skip_special_tokens=True)], task.answers, spec)
+    assert whole == pytest.approx(0.9) != result["reward_score"]  # the old one-turn scoring
+
+    answered_at_once = run_tool_loop(tokenizer, row, [final])  # no tool call: the response is the turn
+    assert verl_reward(tokenizer, row, answered_at_once)["reward_score"] == episode_reward([final], task.answers, spec)
+
+
+def test_a_final_turn_cut_by_verl_limits_is_not_scored(tokenizer):
+    tasks, rows = world_rows(2, dialect="deepmmsearch-r1")
+    replies = [call("image_search", {"bbox_2d": None}), "<reason>r</reason><answer>Slovakia</answer>"]
+    out = run_tool_loop(tokenizer, rows[1], replies, max_assistant_turns=2)  # veRL stops before parsing it
+    turns = ["<reason></reason><img_search><img></img_search>"]
+    assert verl_reward(tokenizer, rows[1], out)["reward_score"] == episode_reward(
+        turns, tasks[1].answers, RewardSpec.deepmmsearch_r1()) == 0.0
 
 
 def test_direct_calls_cover_box_expression_and_invalid_arguments():
