@@ -39,7 +39,7 @@ from mmsearch_gym.actions import DIALECTS, UNABLE_TO_ANSWER, Answer, ImageSearch
 from mmsearch_gym.errors import ConfigError
 
 __all__ = [
-    "CHAT_SPECIAL_TOKENS", "SIZES", "SPACES", "TAG_TOKENS", "VISION_SPECIAL_TOKENS", "ImageOnlyQwen2_5_VLProcessor",
+    "CHAT_SPECIAL_TOKENS", "SIZES", "TAG_TOKENS", "VISION_SPECIAL_TOKENS", "ImageOnlyQwen2_5_VLProcessor",
     "build_image_processor", "build_processor", "build_text_lm", "build_tokenizer", "build_vlm",
     "dialect_corpus", "load_tiny_model", "pretrain_copying", "save_tiny_model",
 ]
@@ -92,42 +92,31 @@ def _invalid_example() -> Invalid:
     return Invalid("no action found")
 
 
-SPACES = ("prefix", "separate")
-"""Where a word's space goes: ``prefix`` is GPT-2's and Qwen's byte-level BPE (`` Paris`` is one
-token, ``Paris`` after a tag another); ``separate`` makes every whitespace character a token of
-its own, so a word is the same tokens inside a sentence and right after a tag such as ``<answer>``."""
-
-# Qwen2's pre-tokenizer pattern (transformers loads any saved Qwen2 tokenizer with it, whatever
-# tokenizer.json says), and a finer one whose pieces never span two of Qwen's: both therefore give
-# the same tokens built here and loaded back by ``AutoTokenizer``
+# Qwen2's pre-tokenizer pattern: transformers loads any saved Qwen2 tokenizer with it, whatever
+# tokenizer.json says, so the tokenizer built here splits text with it too (built = loaded)
 _QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                   r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-_SEPARATE_SPACES_PATTERN = r"\p{L}+|\p{N}|[^\s\p{L}\p{N}]+|\s"
 
 
 def build_tokenizer(texts: Iterable[str], *, chat_template: str, vocab_size: int = 1024,
                     vision: bool = False, repeat: int = 3,
-                    extra_tokens: Sequence[str] = (), spaces: str = "prefix") -> PreTrainedTokenizerFast:
+                    extra_tokens: Sequence[str] = ()) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer on ``texts`` (plus :func:`dialect_corpus`).
 
     ``chat_template`` is set verbatim (trainers match templates by exact text). ``vision`` adds
     Qwen-VL's image tokens. ``extra_tokens`` are whole words kept as one token each (e.g. the
     world's entity names, so that a tiny model copies a name from the results as one symbol).
-    ``spaces`` (see :data:`SPACES`): ``"separate"`` makes a name read in a result and the same name
-    written after ``<answer>`` identical token strings, so copying it is copying tokens, which a
-    pretrained LM can do and a tiny random one can learn (with ``"prefix"`` the first token differs).
+    Text is split as Qwen2 splits it (a word carries the space before it), so the tokenizer gives
+    the same tokens once saved and loaded back by ``AutoTokenizer``.
     Deterministic: the same texts give the same vocabulary.
     """
     if not isinstance(chat_template, str) or "{%" not in chat_template:
         raise ConfigError("chat_template must be a Jinja chat template string")
-    if spaces not in SPACES:
-        raise ConfigError(f"spaces must be one of {SPACES}, got {spaces!r}")
     corpus = [t for t in list(texts) + dialect_corpus() if isinstance(t, str) and t]
     specials = list(CHAT_SPECIAL_TOKENS) + (list(VISION_SPECIAL_TOKENS) if vision else [])
     backend = Tokenizer(models.BPE())
-    pattern = _QWEN2_PATTERN if spaces == "prefix" else _SEPARATE_SPACES_PATTERN
     backend.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+        pre_tokenizers.Split(Regex(_QWEN2_PATTERN), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=specials,
@@ -243,11 +232,10 @@ def build_processor(tokenizer: PreTrainedTokenizerFast, *, chat_template: str,
 
 def save_tiny_model(out_dir: str | Path, *, chat_template: str, texts: Sequence[str] = (),
                     kind: str = "text", size: str = "tiny", vocab_size: int = 1024, seed: int = 0,
-                    image_side: int = 56, extra_tokens: Sequence[str] = (), spaces: str = "prefix") -> Path:
+                    image_side: int = 56, extra_tokens: Sequence[str] = ()) -> Path:
     """Build a tokenizer (and processor) plus a random model, save them to ``out_dir``.
 
-    ``kind`` is ``"text"`` (Qwen2 causal LM) or ``"vlm"`` (tiny Qwen2.5-VL); ``spaces`` as in
-    :func:`build_tokenizer`. Returns ``out_dir``,
+    ``kind`` is ``"text"`` (Qwen2 causal LM) or ``"vlm"`` (tiny Qwen2.5-VL). Returns ``out_dir``,
     loadable with :func:`load_tiny_model` (or ``from_pretrained`` for the text LM).
     """
     if kind not in ("text", "vlm"):
@@ -255,7 +243,7 @@ def save_tiny_model(out_dir: str | Path, *, chat_template: str, texts: Sequence[
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(texts, chat_template=chat_template, vocab_size=vocab_size,
-                                vision=kind == "vlm", extra_tokens=extra_tokens, spaces=spaces)
+                                vision=kind == "vlm", extra_tokens=extra_tokens)
     if kind == "text":
         model = build_text_lm(tokenizer, size=size, seed=seed)
         tokenizer.save_pretrained(out)
@@ -266,7 +254,7 @@ def save_tiny_model(out_dir: str | Path, *, chat_template: str, texts: Sequence[
     model.save_pretrained(out)
     (out / "mmsearch_tiny.json").write_text(json.dumps(
         {"kind": kind, "size": size, "vocab_size": len(tokenizer), "seed": seed,
-         "image_side": image_side, "spaces": spaces}, indent=2), encoding="utf-8")
+         "image_side": image_side}, indent=2), encoding="utf-8")
     return out
 
 

@@ -24,12 +24,10 @@ def default_chat_template(kind: str = "text") -> str:
 
 def make_tiny_model(out_dir: str | Path, *, kind: str = "text", size: str = "tiny",
                     tasks: TaskSet | None = None, texts: Sequence[str] = (), vocab_size: int = 1024,
-                    seed: int = 0, extra_tokens: Sequence[str] = (), image_side: int = 56,
-                    spaces: str = "prefix") -> Path:
+                    seed: int = 0, extra_tokens: Sequence[str] = (), image_side: int = 56) -> Path:
     """Build and save a random tiny model plus a tokenizer trained on the task texts (no hub).
 
-    ``extra_tokens``: whole words kept as single tokens; ``spaces``: where a word's space goes
-    (both as in ``tiny_models.build_tokenizer``).
+    ``extra_tokens``: whole words kept as single tokens (see ``tiny_models.build_tokenizer``).
     ``image_side``: a VLM sees each image at about ``image_side``² pixels.
     """
     from mmsearch_gym.integrations.tiny_models import save_tiny_model
@@ -41,7 +39,7 @@ def make_tiny_model(out_dir: str | Path, *, kind: str = "text", size: str = "tin
             corpus.extend(task.answers)
     return save_tiny_model(out_dir, chat_template=default_chat_template(kind), texts=corpus, kind=kind,
                            size=size, vocab_size=vocab_size, seed=seed, extra_tokens=extra_tokens,
-                           image_side=image_side, spaces=spaces)
+                           image_side=image_side)
 
 
 def load_model(spec: str | Path, *, model_kwargs: Mapping[str, Any] | None = None
