@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerFast,
@@ -92,12 +92,6 @@ def _invalid_example() -> Invalid:
     return Invalid("no action found")
 
 
-# Qwen2's pre-tokenizer pattern: transformers loads any saved Qwen2 tokenizer with it, whatever
-# tokenizer.json says, so the tokenizer built here splits text with it too (built = loaded)
-_QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-
-
 def build_tokenizer(texts: Iterable[str], *, chat_template: str, vocab_size: int = 1024,
                     vision: bool = False, repeat: int = 3,
                     extra_tokens: Sequence[str] = ()) -> PreTrainedTokenizerFast:
@@ -106,8 +100,9 @@ def build_tokenizer(texts: Iterable[str], *, chat_template: str, vocab_size: int
     ``chat_template`` is set verbatim (trainers match templates by exact text). ``vision`` adds
     Qwen-VL's image tokens. ``extra_tokens`` are whole words kept as one token each (e.g. the
     world's entity names, so that a tiny model copies a name from the results as one symbol).
-    Text is split as Qwen2 splits it (a word carries the space before it), so the tokenizer gives
-    the same tokens once saved and loaded back by ``AutoTokenizer``.
+    Merges are learned on GPT-2's splits. Saved with a Qwen2 model, the tokenizer is loaded back
+    by ``AutoTokenizer`` as a ``Qwen2Tokenizer``, which splits with Qwen2's pattern whatever
+    tokenizer.json says (digits one by one); training and evaluation both use the loaded one.
     Deterministic: the same texts give the same vocabulary.
     """
     if not isinstance(chat_template, str) or "{%" not in chat_template:
@@ -115,9 +110,7 @@ def build_tokenizer(texts: Iterable[str], *, chat_template: str, vocab_size: int
     corpus = [t for t in list(texts) + dialect_corpus() if isinstance(t, str) and t]
     specials = list(CHAT_SPECIAL_TOKENS) + (list(VISION_SPECIAL_TOKENS) if vision else [])
     backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(_QWEN2_PATTERN), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
@@ -289,7 +282,7 @@ def pretrain_copying(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast,
     further back). ``gap`` > 0 puts 0 to ``gap`` random tokens between the copies and moves the
     pair within ``2 * span + gap`` tokens, so only content-based copying (induction heads: find
     the earlier occurrence of the current token, emit the one after it) lowers the loss; it
-    takes longer to appear (about 700 steps for the tiny model at ``span`` 32, ``gap`` 96).
+    takes longer to appear (about 750 steps for the tiny model at ``span`` 32, ``gap`` 96).
 
     Returns the loss curve (``step``, ``loss``, ``copy_accuracy`` on the repeat), every 25 steps.
     """

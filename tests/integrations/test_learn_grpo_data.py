@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import tempfile
 from pathlib import Path
 from types import ModuleType
 
@@ -15,7 +16,7 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from mmsearch_gym.actions import Answer, get_dialect  # noqa: E402
-from mmsearch_gym.integrations.tiny_models import build_tokenizer  # noqa: E402
+from mmsearch_gym.integrations.tiny_models import load_tiny_model, save_tiny_model  # noqa: E402
 
 DIALECT = get_dialect("mmsearch-r1")
 TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
@@ -44,9 +45,11 @@ _TOKENIZER: list[object] = []
 
 
 def tokenizer():  # type: ignore[no-untyped-def]
+    """A tiny model's tokenizer as training and eval load it (``AutoTokenizer``: a Qwen2Tokenizer)."""
     if not _TOKENIZER:
         texts = [m["content"] for m in chat("Belgium")["messages"]] * 20  # type: ignore[index]
-        _TOKENIZER.append(build_tokenizer(texts, chat_template=TEMPLATE, vocab_size=400))
+        path = save_tiny_model(Path(tempfile.mkdtemp()) / "lm", chat_template=TEMPLATE, texts=texts, vocab_size=400)
+        _TOKENIZER.append(load_tiny_model(path)[1])
     return _TOKENIZER[0]
 
 

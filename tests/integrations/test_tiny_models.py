@@ -1,7 +1,8 @@
-"""The tiny models' tokenizer (built = loaded) and copy pretraining batches (no training here)."""
+"""The tiny models' tokenizer and copy pretraining batches (no training here)."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -39,18 +40,17 @@ def saved(folder: Path):  # type: ignore[no-untyped-def]
 
 @settings(max_examples=80, deadline=None)
 @given(st.text(max_size=60) | st.sampled_from(CORPUS[:2] + ["it's 320x240 px.\n\n  (a) Côte d'Ivoire's"]))
-def test_a_saved_tokenizer_loads_back_giving_the_same_tokens(tmp_path_factory, text: str) -> None:  # type: ignore[no-untyped-def]
-    """Data is tokenized by the tokenizer built in memory or by the one loaded back (eval, TRL): they agree."""
-    built = tokenizer()
-    loaded = saved(tmp_path_factory.mktemp("tok"))
-    assert loaded.tokenize(text) == built.tokenize(text)  # type: ignore[attr-defined]
-    ids = built(text, add_special_tokens=False)["input_ids"]  # type: ignore[operator]
-    assert built.decode(ids) == text  # type: ignore[attr-defined]
+def test_every_text_decodes_back_exactly_built_and_loaded(tmp_path_factory, text: str) -> None:  # type: ignore[no-untyped-def]
+    """The tokenizer built in memory and the one loaded back (a Qwen2Tokenizer, what training and
+    eval use) split digits differently, but both give back every text exactly."""
+    for tok in (tokenizer(), saved(tmp_path_factory.mktemp("tok"))):
+        ids = tok(text, add_special_tokens=False)["input_ids"]  # type: ignore[operator]
+        assert tok.decode(ids) == text  # type: ignore[attr-defined]
 
 
 def test_a_word_after_a_tag_is_other_tokens_than_after_a_space() -> None:
-    """Qwen's convention (why the copy proof writes ``<answer> Venezuela``): " Venezuela" is not "Venezuela"."""
-    tok = tokenizer()
+    """GPT-2's and Qwen's convention (why the copy proof writes ``<answer> Venezuela``)."""
+    tok = saved(Path(tempfile.mkdtemp()))
     assert "ĠVenezuela" in tok.tokenize("Flag of Venezuela")  # type: ignore[attr-defined]
     assert "ĠVenezuela" not in tok.tokenize("<answer>Venezuela</answer>")  # type: ignore[attr-defined]
     assert "ĠVenezuela" in tok.tokenize("<answer> Venezuela</answer>")  # type: ignore[attr-defined]
