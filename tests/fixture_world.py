@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageDraw
 
@@ -106,3 +109,15 @@ def play_policy(env: MMSearchEnv, policy: Policy, index: int,
         view.record(text, obs, info)
         if terminated or truncated:
             return view, float(reward), info
+
+
+def strip_timing(path: Path) -> list[dict[str, Any]]:
+    """A trajectory file's rows without their timings (the only fields two equal runs may differ in)."""
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        row.pop("timing")
+        for turn in row["turns"]:
+            turn.pop("timing")
+        rows.append(row)
+    return rows

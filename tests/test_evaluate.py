@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from fixture_world import CapitalReader, planned
+from fixture_world import CapitalReader, planned, strip_timing
 
 from mmsearch_gym.errors import ConfigError
 from mmsearch_gym.evaluate import EpisodeResult, EvalReport, Metrics, evaluate, format_reports
@@ -107,17 +107,6 @@ def test_search_behaviour_block() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _strip_timing(path: Path) -> list[dict]:
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
-        row.pop("timing")
-        for turn in row["turns"]:
-            turn.pop("timing")
-        rows.append(row)
-    return rows
-
-
 @pytest.mark.parametrize("spec", ["oracle", "random"])
 def test_parallel_equals_serial(tiny_tasks: TaskSet, memory_backend: MemoryBackend, tmp_path: Path,
                                 spec: str) -> None:
@@ -128,7 +117,7 @@ def test_parallel_equals_serial(tiny_tasks: TaskSet, memory_backend: MemoryBacke
         policy = make_policy(spec, tasks=tasks, reader=CapitalReader(), seed=3)
         traj = tmp_path / f"w{workers}.jsonl"
         report = evaluate(make, policy, workers=workers, seed=3, batch_size=4, trajectories=traj, progress=False)
-        outputs.append((json.dumps(report.to_json(include_episodes=True), sort_keys=True), _strip_timing(traj)))
+        outputs.append((json.dumps(report.to_json(include_episodes=True), sort_keys=True), strip_timing(traj)))
     assert outputs[0] == outputs[1]
     assert len(outputs[0][1]) == 9
 

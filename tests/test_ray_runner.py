@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fixture_world import CapitalReader, planned
+from fixture_world import CapitalReader, planned, strip_timing
 
 from mmsearch_gym.cli import main
 from mmsearch_gym.errors import ConfigError, MMSearchError
@@ -34,17 +34,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 
-def _strip_timing(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
-        row.pop("timing")
-        for turn in row["turns"]:
-            turn.pop("timing")
-        rows.append(row)
-    return rows
-
-
 def test_ray_eval_equals_serial_on_mmsearch_v0(ray_cluster: str, tmp_path: Path) -> None:
     """rag on 10 episodes of MMSearch-v0: the same report JSON (per episode too) and trajectories."""
     outputs = []
@@ -52,7 +41,7 @@ def test_ray_eval_equals_serial_on_mmsearch_v0(ray_cluster: str, tmp_path: Path)
         traj = tmp_path / f"{executor}.jsonl"
         report = evaluate("MMSearch-v0", "rag", episodes=10, workers=1 if executor == "local" else 2, seed=7,
                           batch_size=4, trajectories=traj, progress=False, executor=executor)
-        outputs.append((json.dumps(report.to_json(include_episodes=True), sort_keys=True), _strip_timing(traj)))
+        outputs.append((json.dumps(report.to_json(include_episodes=True), sort_keys=True), strip_timing(traj)))
     assert outputs[0] == outputs[1]
     data = json.loads(outputs[0][0])
     assert data["episodes"] == 10 and data["policy"] == "rag" and len(outputs[0][1]) == 10
@@ -170,8 +159,8 @@ def test_cli_ray_flag_equals_serial(ray_cluster: str, tmp_path: Path, capsys: py
     assert "with 2 Ray actor(s)" in out.stderr
     serial = (tmp_path / "serial.json").read_text()
     assert (tmp_path / "ray.json").read_text() == serial == (tmp_path / "remote.json").read_text()
-    assert _strip_timing(tmp_path / "ray.jsonl") == _strip_timing(tmp_path / "serial.jsonl") \
-        == _strip_timing(tmp_path / "remote.jsonl")
+    assert strip_timing(tmp_path / "ray.jsonl") == strip_timing(tmp_path / "serial.jsonl") \
+        == strip_timing(tmp_path / "remote.jsonl")
     assert main(["eval", "--ray", "--workers", "2", "--episodes", "1", "--no-progress", "--env", "Nope-v0"]) == 2
 
 
@@ -212,7 +201,7 @@ def test_cluster_run_through_redis_exports_and_replays(ray_cluster: str, tmp_pat
             traj = tmp_path / f"{executor}.jsonl"
             report = evaluate("MMSearch-v0", "rag", episodes=6, workers=1 if executor == "local" else 2,
                               executor=executor, trajectories=traj, progress=False, cache=cache, seed=2)
-            rows = _strip_timing(traj)
+            rows = strip_timing(traj)
             for row in rows:
                 assert row["env"].pop("kwargs")["cache"] == cache and row["env"].pop("cache")["mode"] == "readthrough"
             runs.append((json.dumps(report.to_json(include_episodes=True), sort_keys=True), rows))

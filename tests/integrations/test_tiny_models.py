@@ -68,11 +68,11 @@ def test_copy_batch_repeats_one_string_and_labels_only_the_repeat(gap: int) -> N
         second = int(scored[0]) - 1  # the repeat's first token is unscored
         first = next(p for p in range(second - 11) if torch.equal(row[p:p + 12], row[second:second + 12]))
         offsets.add(second - first)
-    assert offsets == {12} if gap == 0 else len(offsets) > 10  # a fixed offset only without a gap
+    assert (offsets == {12}) if gap == 0 else (len(offsets) > 10)  # a fixed offset only without a gap
     assert all(12 <= o <= 12 + gap for o in offsets)
 
 
-def test_copy_batch_rejects_a_negative_gap(tmp_path: Path) -> None:
+def test_pretrain_copying_rejects_a_negative_gap(tmp_path: Path) -> None:
     from mmsearch_gym.integrations.tiny_models import pretrain_copying
 
     model, tok = load_tiny_model(_tiny(tmp_path))
